@@ -1,0 +1,77 @@
+package wsproxy
+
+import (
+	"bufio"
+	"context"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/wsproxy/wsproxy/internal/leakcheck"
+	"github.com/wsproxy/wsproxy/internal/wstest"
+)
+
+func TestMain(m *testing.M) { leakcheck.Main(m) }
+
+// newBackend starts an HTTP server with handler h and returns its ws:// URL.
+func newBackend(t *testing.T, h http.Handler) string {
+	t.Helper()
+	s := httptest.NewServer(h)
+	t.Cleanup(s.Close)
+	return "ws://" + s.Listener.Addr().String()
+}
+
+// newEcho starts an echo backend and returns its ws:// URL.
+func newEcho(t *testing.T) string {
+	t.Helper()
+	return newBackend(t, wstest.EchoHandler())
+}
+
+// newProxy starts a server with a Proxy for targets and returns the proxy
+// and the server's ws:// URL. Cleanup closes both.
+func newProxy(t *testing.T, targets []string, opts ...Option) (*Proxy, string) {
+	t.Helper()
+	p, err := New(targets, opts...)
+	require.NoError(t, err)
+	s := httptest.NewServer(p)
+	t.Cleanup(func() {
+		p.Close()
+		s.Close()
+	})
+	return p, "ws://" + s.Listener.Addr().String()
+}
+
+// dial opens a WebSocket through url, failing the test on error.
+func dial(t *testing.T, url string, extra ...string) *wstest.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, _, err := wstest.Dial(ctx, url, nil, nil, extra...)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c
+}
+
+// rawRequest sends raw bytes to addr (host:port of a ws:// URL) and returns
+// the response read back.
+func rawRequest(t *testing.T, url string, req string) (*http.Response, net.Conn, *bufio.Reader) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(url, "ws://"), 5*time.Second)
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	_, err = conn.Write([]byte(req))
+	require.NoError(t, err)
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	require.NoError(t, err)
+	return resp, conn, br
+}
+
+func hostOf(url string) string { return strings.TrimPrefix(strings.TrimPrefix(url, "ws://"), "wss://") }

@@ -1,0 +1,118 @@
+package wsproxy
+
+import (
+	"net/http"
+	"time"
+)
+
+// Hooks are called as tunnels open and close and as requests are refused,
+// in the spirit of net/http/httptrace: plain functions, any of them nil.
+// They run on the proxy's goroutines and should return quickly; they are
+// the place to feed metrics (see examples/metrics) or audit logs.
+type Hooks struct {
+	// OnUpgrade is called once the backend accepted the upgrade and the
+	// client got its 101, before the first byte is tunnelled.
+	OnUpgrade func(TunnelInfo)
+	// OnReject is called for every upgrade request that does not become a
+	// tunnel, with the error that says why; StatusCode(err) is the status
+	// the client got (for a backend's own non-101 answer, which is relayed,
+	// the backend's status).
+	OnReject func(r *http.Request, err error)
+	// OnClose is called once per tunnel, after both connections are closed.
+	OnClose func(CloseInfo)
+}
+
+func (h Hooks) join(o Hooks) Hooks {
+	return Hooks{
+		OnUpgrade: join1(h.OnUpgrade, o.OnUpgrade),
+		OnReject:  join2(h.OnReject, o.OnReject),
+		OnClose:   join1(h.OnClose, o.OnClose),
+	}
+}
+
+func join1[T any](a, b func(T)) func(T) {
+	switch {
+	case a == nil:
+		return b
+	case b == nil:
+		return a
+	}
+	return func(v T) { a(v); b(v) }
+}
+
+func join2[T, U any](a, b func(T, U)) func(T, U) {
+	switch {
+	case a == nil:
+		return b
+	case b == nil:
+		return a
+	}
+	return func(v T, w U) { a(v, w); b(v, w) }
+}
+
+// TunnelInfo describes a tunnel.
+type TunnelInfo struct {
+	Target      string    // the target string
+	RemoteAddr  string    // the client's address, as http.Request.RemoteAddr
+	Path        string    // the request path the client asked for
+	Proto       string    // the client's protocol: "HTTP/1.1", or "HTTP/2.0" for RFC 8441
+	Subprotocol string    // the negotiated Sec-WebSocket-Protocol, if any
+	Start       time.Time // when the tunnel opened
+}
+
+// Traffic counts what passed in one direction of a tunnel.
+type Traffic struct {
+	// Bytes written to the receiving side after the handshake, frame
+	// headers and the proxy's own control frames included: exactly what that
+	// side read.
+	Bytes int64
+	// Messages is the number of complete data messages forwarded.
+	Messages int64
+	// CloseCode is the code of the close frame the sending side sent, 1005
+	// if its close frame had no code, 0 if it sent none.
+	CloseCode int
+}
+
+// CloseInfo describes a tunnel that ended.
+type CloseInfo struct {
+	TunnelInfo
+	Duration        time.Duration
+	ClientToBackend Traffic
+	BackendToClient Traffic
+	// Reason says why the proxy ended the tunnel: "shutdown", "idle timeout",
+	// "max lifetime", "target removed", "backend not responding", "client not
+	// responding", "half-close timeout", "message too big" or a protocol
+	// error. It is empty when the peers ended it themselves.
+	Reason string
+	// Err is the network error that ended the tunnel, nil for an orderly end.
+	Err error
+}
+
+// Stats is a snapshot of the proxy's tunnels and traffic. Counters are
+// cumulative since New; byte and message counts include open tunnels.
+type Stats struct {
+	Open            int   // tunnels open now, handshakes in progress included
+	Total           int64 // tunnels opened
+	Rejected        int64 // upgrade requests that did not become tunnels
+	Failures        int64 // backend dial and handshake failures
+	ClientToBackend Traffic
+	BackendToClient Traffic
+	Targets         []TargetStats
+}
+
+// TargetStats is the part of Stats for one target.
+type TargetStats struct {
+	Target          string
+	Open            int
+	Total           int64
+	Failures        int64
+	ClientToBackend Traffic
+	BackendToClient Traffic
+	Backup          bool
+	// Healthy is false while passive or active health checks keep the
+	// target out of rotation.
+	Healthy bool
+	// Draining is true for a target removed by SetTargets whose tunnels
+	// are still open.
+	Draining bool
+}

@@ -1,0 +1,367 @@
+package wsproxy
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"time"
+)
+
+// An Option configures a Proxy. Options are applied in order; when an option
+// is given twice the last one wins, unless its documentation says it adds.
+type Option interface {
+	apply(*config)
+}
+
+type optionFunc func(*config)
+
+func (f optionFunc) apply(c *config) { f(c) }
+
+// config is everything the options set. New fills in defaults first, applies
+// the options, then validates the whole.
+type config struct {
+	dialTimeout      time.Duration
+	handshakeTimeout time.Duration
+	dial             func(ctx context.Context, network, addr string) (net.Conn, error)
+	tlsConfig        *tls.Config
+	maxRespHeader    int
+
+	origins        []originPattern
+	anyOrigin      bool
+	stripOrigin    bool
+	hostFromTarget bool
+	trustedProxies []netip.Prefix
+	rewrite        func(*ProxyRequest)
+	fallback       http.Handler
+	errorHandler   func(http.ResponseWriter, *http.Request, error)
+	logger         *slog.Logger
+	hooks          Hooks
+	balancer       Balancer
+
+	idleTimeout      time.Duration
+	maxLifetime      time.Duration
+	pingInterval     time.Duration
+	closeTimeout     time.Duration
+	halfCloseTimeout time.Duration
+	maxMessageSize   int64
+
+	errs []error
+}
+
+// Defaults. Each option's documentation repeats its default.
+const (
+	defaultDialTimeout      = 5 * time.Second
+	defaultHandshakeTimeout = 10 * time.Second
+	defaultMaxRespHeader    = 16 << 10
+	defaultCloseTimeout     = 2 * time.Second
+	defaultHalfCloseTimeout = 30 * time.Second
+)
+
+func defaultConfig() config {
+	return config{
+		dialTimeout:      defaultDialTimeout,
+		handshakeTimeout: defaultHandshakeTimeout,
+		maxRespHeader:    defaultMaxRespHeader,
+		closeTimeout:     defaultCloseTimeout,
+		halfCloseTimeout: defaultHalfCloseTimeout,
+	}
+}
+
+func (c *config) errorf(option, format string, args ...any) {
+	c.errs = append(c.errs, fmt.Errorf("%w: %s: %s", ErrBadOption, option, fmt.Sprintf(format, args...)))
+}
+
+func durationOption(name string, d time.Duration, set func(*config)) Option {
+	return optionFunc(func(c *config) {
+		if d < 0 {
+			c.errorf(name, "negative duration %v", d)
+			return
+		}
+		set(c)
+	})
+}
+
+// WithDialTimeout bounds the TCP (and TLS) connection to a backend. A dial
+// that does not finish in time is answered with 504.
+// Default: 5s. Zero means no limit other than the request's context.
+func WithDialTimeout(d time.Duration) Option {
+	return durationOption("WithDialTimeout", d, func(c *config) { c.dialTimeout = d })
+}
+
+// WithHandshakeTimeout bounds the wait for the backend's response headers
+// after the upgrade request was written (nginx proxy_read_timeout for the
+// handshake only). A backend that does not answer in time gets 504.
+// Default: 10s. Zero means no limit other than the request's context.
+func WithHandshakeTimeout(d time.Duration) Option {
+	return durationOption("WithHandshakeTimeout", d, func(c *config) { c.handshakeTimeout = d })
+}
+
+// WithDialer replaces how the proxy opens TCP connections to backends, for
+// example to go through a SOCKS proxy (golang.org/x/net/proxy), a Unix
+// socket or a custom resolver. TLS for wss and https targets is still done by
+// the proxy on top of the returned connection.
+// Default: a net.Dialer with a 15s TCP keepalive.
+func WithDialer(dial func(ctx context.Context, network, addr string) (net.Conn, error)) Option {
+	return optionFunc(func(c *config) {
+		if dial == nil {
+			c.errorf("WithDialer", "nil dial function")
+			return
+		}
+		c.dial = dial
+	})
+}
+
+// WithTLSConfig sets the TLS configuration for wss and https targets. The
+// proxy clones it per connection and fills in ServerName from the target when
+// it is empty, so certificates are verified with SNI by default.
+// Default: the zero tls.Config (system roots, TLS 1.2+).
+func WithTLSConfig(cfg *tls.Config) Option {
+	return optionFunc(func(c *config) {
+		if cfg == nil {
+			c.errorf("WithTLSConfig", "nil *tls.Config")
+			return
+		}
+		c.tlsConfig = cfg
+	})
+}
+
+// WithMaxResponseHeaderBytes bounds the size of the backend's response
+// status line and headers. A larger response is answered with 502.
+// Default: 16 KiB.
+func WithMaxResponseHeaderBytes(n int) Option {
+	return optionFunc(func(c *config) {
+		if n < 256 {
+			c.errorf("WithMaxResponseHeaderBytes", "%d is less than 256 bytes", n)
+			return
+		}
+		c.maxRespHeader = n
+	})
+}
+
+// WithAllowedOrigins allows browser origins besides the request's own host
+// (see "Origin policy" in the package documentation). A pattern is a host
+// ("app.example.com"), a host and port ("localhost:3000"), a wildcard for
+// subdomains ("*.example.com" matches "a.example.com" and "a.b.example.com",
+// not "example.com"), and may start with a scheme ("https://app.example.com")
+// to allow only that scheme. The literal "null" allows the opaque origin of
+// sandboxed frames and file: pages. Calls add to the list.
+// Default: only same-host origins are allowed.
+func WithAllowedOrigins(patterns ...string) Option {
+	return optionFunc(func(c *config) {
+		for _, s := range patterns {
+			p, err := parseOriginPattern(s)
+			if err != nil {
+				c.errorf("WithAllowedOrigins", "%v", err)
+				continue
+			}
+			c.origins = append(c.origins, p)
+		}
+	})
+}
+
+// WithInsecureSkipOriginCheck turns the origin check off: any web page, on
+// any site, can then open a WebSocket through the proxy with the visitor's
+// cookies (cross-site WebSocket hijacking). Use it only when the backends
+// authenticate without cookies or check the origin themselves.
+// Default: off (origins are checked).
+func WithInsecureSkipOriginCheck() Option {
+	return optionFunc(func(c *config) { c.anyOrigin = true })
+}
+
+// WithStripOrigin removes the Origin header from the request the backend
+// sees, after the proxy's own origin check passed. Use it when the backend
+// checks origins itself against the wrong host (the nginx idiom
+// `proxy_set_header Origin ""`).
+// Default: Origin is forwarded.
+func WithStripOrigin() Option {
+	return optionFunc(func(c *config) { c.stripOrigin = true })
+}
+
+// WithTargetHost sends the target's host in the Host header instead of the
+// client's (nginx `proxy_set_header Host $proxy_host`).
+// Default: the Host the client sent (nginx `proxy_set_header Host $host`).
+func WithTargetHost() Option {
+	return optionFunc(func(c *config) { c.hostFromTarget = true })
+}
+
+// WithTrustedProxies lists the addresses (CIDR prefixes like "10.0.0.0/8" or
+// single addresses) of proxies in front of this one whose X-Forwarded-For,
+// X-Forwarded-Host and X-Forwarded-Proto may be believed. For a request from
+// such an address the proxy appends the peer to X-Forwarded-For and keeps the
+// other two; for any other request it replaces all three. Calls add to the
+// list.
+// Default: none; forwarding headers from clients are always replaced.
+func WithTrustedProxies(cidrs ...string) Option {
+	return optionFunc(func(c *config) {
+		for _, s := range cidrs {
+			var (
+				p   netip.Prefix
+				err error
+			)
+			if strings.Contains(s, "/") {
+				p, err = netip.ParsePrefix(s)
+			} else {
+				var a netip.Addr
+				a, err = netip.ParseAddr(s)
+				p = netip.PrefixFrom(a, a.BitLen())
+			}
+			if err != nil {
+				c.errorf("WithTrustedProxies", "%q: %v", s, err)
+				continue
+			}
+			c.trustedProxies = append(c.trustedProxies, p.Masked())
+		}
+	})
+}
+
+// WithRewrite registers a function that may change the request sent to the
+// backend: add or remove headers (for example the authenticated user), change
+// the path or query. It runs after the proxy set its own headers and before
+// the request is written; header names and values are validated afterwards,
+// and a request with line breaks or other invalid bytes is refused with 500.
+// The hop-by-hop headers and Sec-WebSocket-Key/Version the proxy owns cannot
+// be changed.
+// Default: none.
+func WithRewrite(fn func(*ProxyRequest)) Option {
+	return optionFunc(func(c *config) {
+		if fn == nil {
+			c.errorf("WithRewrite", "nil function")
+			return
+		}
+		c.rewrite = fn
+	})
+}
+
+// WithFallback serves requests that are not WebSocket upgrades, like nginx's
+// `map $http_upgrade $connection_upgrade`: one route can serve both a page and
+// its socket. A request that asks to upgrade to another protocol (h2c, for
+// example) reaches the fallback with Upgrade, HTTP2-Settings and the matching
+// Connection tokens removed, so it is served as plain HTTP and never
+// upgraded.
+// Default: none; such requests get 426 Upgrade Required.
+func WithFallback(h http.Handler) Option {
+	return optionFunc(func(c *config) {
+		if h == nil {
+			c.errorf("WithFallback", "nil handler")
+			return
+		}
+		c.fallback = h
+	})
+}
+
+// WithErrorHandler replaces how the proxy answers a request it cannot
+// proxy: a rejected handshake, a denied origin, an unreachable backend. It
+// runs before anything was written to the client; StatusCode(err) gives the
+// status the default handler would send.
+// Default: a plain-text response with StatusCode(err) and a one-line reason.
+func WithErrorHandler(fn func(w http.ResponseWriter, r *http.Request, err error)) Option {
+	return optionFunc(func(c *config) {
+		if fn == nil {
+			c.errorf("WithErrorHandler", "nil function")
+			return
+		}
+		c.errorHandler = fn
+	})
+}
+
+// WithLogger sets where the proxy logs: one debug record per tunnel opened
+// and closed, warnings for backend failures. Keys are stable: target,
+// remote_addr, duration, bytes_in, bytes_out, err, reason.
+// Default: slog.Default() at the time New is called.
+func WithLogger(l *slog.Logger) Option {
+	return optionFunc(func(c *config) {
+		if l == nil {
+			c.errorf("WithLogger", "nil logger")
+			return
+		}
+		c.logger = l
+	})
+}
+
+// WithHooks registers functions called on each upgrade, rejection and
+// tunnel close (see Hooks). Calls add: every registered hook is called.
+// Default: none.
+func WithHooks(h Hooks) Option {
+	return optionFunc(func(c *config) { c.hooks = c.hooks.join(h) })
+}
+
+// WithIdleTimeout closes a tunnel, politely with close code 1001, when no
+// frame passed between the peers in either direction for d. Pings and pongs
+// the peers send each other count as traffic; the proxy's own keepalive pings
+// (WithPingInterval) do not, so keepalive never hides an idle tunnel.
+// Default: 0, no idle timeout (dead peers are found by TCP keepalive and,
+// when set, WithPingInterval).
+func WithIdleTimeout(d time.Duration) Option {
+	return durationOption("WithIdleTimeout", d, func(c *config) { c.idleTimeout = d })
+}
+
+// WithMaxLifetime closes every tunnel d after it opened, politely with close
+// code 1001, for example to rebalance long-lived connections.
+// Default: 0, no limit.
+func WithMaxLifetime(d time.Duration) Option {
+	return durationOption("WithMaxLifetime", d, func(c *config) { c.maxLifetime = d })
+}
+
+// WithPingInterval makes the proxy ping the client and the backend every d.
+// The proxy answers nothing on their behalf and forwards none of the pongs
+// it caused. A peer from which nothing at all arrived for a whole interval
+// after a ping is dead: the tunnel is closed with 1011 to the client when the
+// backend is dead, and 1001 to the backend when the client is dead.
+// Default: 0, no proxy pings.
+func WithPingInterval(d time.Duration) Option {
+	return durationOption("WithPingInterval", d, func(c *config) { c.pingInterval = d })
+}
+
+// WithCloseTimeout bounds how long the proxy waits for the peers to answer
+// its close frames (on shutdown, timeouts, limits) before it closes the
+// sockets, and how long it waits for a peer stuck in the middle of a frame
+// before it can send one.
+// Default: 2s.
+func WithCloseTimeout(d time.Duration) Option {
+	return optionFunc(func(c *config) {
+		if d <= 0 {
+			c.errorf("WithCloseTimeout", "duration %v is not positive", d)
+			return
+		}
+		c.closeTimeout = d
+	})
+}
+
+// WithHalfCloseTimeout bounds how long a tunnel stays open once one side
+// has closed its half of the connection (sent TCP FIN) and the other has not
+// (HAProxy's timeout client-fin).
+// Default: 30s. Zero keeps half-closed tunnels open without limit.
+func WithHalfCloseTimeout(d time.Duration) Option {
+	return durationOption("WithHalfCloseTimeout", d, func(c *config) { c.halfCloseTimeout = d })
+}
+
+// WithMaxMessageSize closes a tunnel whose peer sends a message (all its
+// fragments together) larger than n bytes, with close code 1009 to both
+// sides. The frame that goes over the limit is not forwarded.
+// Default: 0, no limit.
+func WithMaxMessageSize(n int64) Option {
+	return optionFunc(func(c *config) {
+		if n < 0 {
+			c.errorf("WithMaxMessageSize", "negative size %d", n)
+			return
+		}
+		c.maxMessageSize = n
+	})
+}
+
+// WithBalancer sets how a target is chosen for each new tunnel.
+// Default: RoundRobin().
+func WithBalancer(b Balancer) Option {
+	return optionFunc(func(c *config) {
+		if b == nil {
+			c.errorf("WithBalancer", "nil Balancer")
+			return
+		}
+		c.balancer = b
+	})
+}

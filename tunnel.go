@@ -1,0 +1,556 @@
+package wsproxy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wsproxy/wsproxy/internal/wsframe"
+)
+
+// A tunnel owns both connections of one proxied WebSocket, the two pumps
+// that move bytes between them and its place in the proxy's registry.
+// Ending it, for whatever reason, goes through teardown, which is safe to
+// call any number of times from anywhere.
+type tunnel struct {
+	p      *Proxy
+	target *Target
+	client net.Conn
+	back   net.Conn
+	info   TunnelInfo
+
+	up   pump // client to backend
+	down pump // backend to client
+
+	lastActive atomic.Int64 // unix nanoseconds of the last frame passed between the peers
+	pingID     uint32       // first half of every ping payload the proxy sends
+
+	mu        sync.Mutex
+	reason    string // why the proxy ended the tunnel; "" when the peers did
+	err       error  // the first error that ended it
+	closing   bool   // a polite close was started
+	torn      bool   // sockets closed
+	eofs      int    // directions that ended with EOF
+	timers    []*time.Timer
+	halfClose *time.Timer
+
+	running atomic.Int32 // pumps still running
+	done    chan struct{}
+}
+
+// A pump moves one direction. It reads frames from src and writes them to
+// dst, tracking frame boundaries so that the proxy can write a control frame
+// of its own between two frames, never inside one.
+type pump struct {
+	t          *tunnel
+	src, dst   net.Conn
+	fromClient bool   // src is the client: its frames are masked, and frames the proxy writes to dst must be masked
+	initial    []byte // bytes read from src before the hijack, processed first
+	peer       *pump  // the other direction
+
+	// Read state, owned by the pump's goroutine.
+	carry     [wsframe.MaxControlFrame]byte // unconsumed tail: a partial header or control frame
+	ncarry    int
+	remaining uint64 // payload bytes of the current data frame still to pass
+	msgSize   uint64 // bytes of the current (possibly fragmented) message so far
+	broken    bool   // framing was lost after a protocol error: discard everything
+
+	// Write state, guarded by mu: whoever holds mu may write to dst.
+	mu           sync.Mutex
+	midFrame     bool   // the bytes written to dst end inside a frame
+	pending      []byte // a control frame to write at the next boundary
+	pendingClose bool
+	hasPending   atomic.Bool
+	sentClose    atomic.Bool // a close frame was written to dst; nothing follows it
+
+	// Observed facts, read by the tunnel and Stats.
+	bytes     atomic.Int64 // bytes written to dst, the proxy's own frames included
+	messages  atomic.Int64 // data messages forwarded
+	closeCode atomic.Int32 // code of the close frame src sent (1005 if it had none)
+	srcClosed atomic.Bool  // src sent a close frame
+	lastRead  atomic.Int64 // unix nanoseconds of the last byte read from src
+	pingSent  atomic.Int64 // unix nanoseconds of the proxy's last ping written to dst
+}
+
+// Tunnel buffers are taken from a pool only while bytes are being moved;
+// the headroom in front lets a carried partial frame be prepended without a
+// second copy.
+const (
+	bufHeadroom = 256 // > wsframe.MaxControlFrame
+	bufSize     = 32 << 10
+)
+
+var bufPool = sync.Pool{New: func() any {
+	b := make([]byte, bufHeadroom+bufSize)
+	return &b
+}}
+
+var errProtocol = errors.New("websocket protocol error")
+
+func newTunnel(p *Proxy, t *Target, client net.Conn, clientBuf []byte, back net.Conn, backBuf []byte, info TunnelInfo) *tunnel {
+	tn := &tunnel{p: p, target: t, client: client, back: back, info: info, done: make(chan struct{}), pingID: rand.Uint32()}
+	tn.up = pump{t: tn, src: client, dst: back, fromClient: true, initial: clientBuf}
+	tn.down = pump{t: tn, src: back, dst: client, initial: backBuf}
+	tn.up.peer, tn.down.peer = &tn.down, &tn.up
+	tn.lastActive.Store(info.Start.UnixNano())
+	now := info.Start.UnixNano()
+	tn.up.lastRead.Store(now)
+	tn.down.lastRead.Store(now)
+	return tn
+}
+
+// start runs the pumps and the timers. The caller's goroutine is free to
+// return: an idle tunnel holds no handler stack.
+func (tn *tunnel) start() {
+	cfg := &tn.p.cfg
+	tn.mu.Lock()
+	if cfg.maxLifetime > 0 {
+		tn.timers = append(tn.timers, time.AfterFunc(cfg.maxLifetime, func() {
+			tn.politeClose(wsframe.CloseGoingAway, wsframe.CloseGoingAway, "max lifetime")
+		}))
+	}
+	if cfg.idleTimeout > 0 {
+		var idle *time.Timer
+		idle = time.AfterFunc(cfg.idleTimeout, func() {
+			since := time.Duration(time.Now().UnixNano() - tn.lastActive.Load())
+			if since >= cfg.idleTimeout {
+				tn.politeClose(wsframe.CloseGoingAway, wsframe.CloseGoingAway, "idle timeout")
+				return
+			}
+			idle.Reset(cfg.idleTimeout - since)
+		})
+		tn.timers = append(tn.timers, idle)
+	}
+	if cfg.pingInterval > 0 {
+		var ping *time.Timer
+		ping = time.AfterFunc(cfg.pingInterval, func() {
+			if tn.keepalive() {
+				ping.Reset(cfg.pingInterval)
+			}
+		})
+		tn.timers = append(tn.timers, ping)
+	}
+	tn.mu.Unlock()
+	tn.running.Store(2)
+	go tn.up.run()
+	go tn.down.run()
+}
+
+// keepalive checks that each peer sent something since the last ping it
+// got, then pings both. It reports whether the tunnel is still alive.
+func (tn *tunnel) keepalive() bool {
+	interval := tn.p.cfg.pingInterval.Nanoseconds()
+	now := time.Now().UnixNano()
+	dead := func(reader, writer *pump) bool {
+		sent := writer.pingSent.Load()
+		return sent != 0 && reader.lastRead.Load() < sent && now-sent >= interval
+	}
+	switch {
+	case dead(&tn.down, &tn.up):
+		tn.politeClose(wsframe.CloseInternalError, wsframe.CloseGoingAway, "backend not responding")
+		return false
+	case dead(&tn.up, &tn.down):
+		tn.politeClose(wsframe.CloseGoingAway, wsframe.CloseGoingAway, "client not responding")
+		return false
+	}
+	var payload [8]byte
+	binary.BigEndian.PutUint32(payload[:4], tn.pingID)
+	binary.BigEndian.PutUint32(payload[4:], uint32(now))
+	tn.down.inject(wsframe.AppendControl(nil, wsframe.OpPing, payload[:], nil), false)
+	tn.up.inject(wsframe.AppendControl(nil, wsframe.OpPing, payload[:], newMask()), false)
+	return true
+}
+
+func newMask() *[4]byte {
+	var m [4]byte
+	binary.LittleEndian.PutUint32(m[:], rand.Uint32())
+	return &m
+}
+
+// isOwnPong reports whether a pong payload answers one of the proxy's pings.
+func (tn *tunnel) isOwnPong(payload []byte) bool {
+	return len(payload) == 8 && binary.BigEndian.Uint32(payload) == tn.pingID
+}
+
+// politeClose sends a close frame to each side, at a frame boundary, and
+// gives the peers the close timeout to answer before the sockets are
+// closed. The first call wins; later ones do nothing.
+func (tn *tunnel) politeClose(toClient, toBackend uint16, reason string) {
+	tn.mu.Lock()
+	if tn.closing || tn.torn {
+		tn.mu.Unlock()
+		return
+	}
+	tn.closing = true
+	tn.reason = reason
+	tn.timers = append(tn.timers, time.AfterFunc(tn.p.cfg.closeTimeout, func() { tn.teardown(nil) }))
+	tn.mu.Unlock()
+
+	tn.down.inject(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(toClient, reason), nil), true)
+	tn.up.inject(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(toBackend, reason), newMask()), true)
+	tn.checkCloseHandshake()
+}
+
+// checkCloseHandshake ends the tunnel's TCP connections once each side both
+// sent and received a close frame: nothing may follow, so the proxy sends
+// FIN both ways and waits a little for the peers' own FIN, which avoids the
+// reset (and lost close frame) that closing with unread bytes causes.
+func (tn *tunnel) checkCloseHandshake() {
+	if !(tn.up.srcClosed.Load() && tn.down.srcClosed.Load() && tn.up.sentClose.Load() && tn.down.sentClose.Load()) {
+		return
+	}
+	deadline := time.Now().Add(tn.p.cfg.closeTimeout)
+	for _, c := range []net.Conn{tn.client, tn.back} {
+		closeWrite(c)
+		c.SetReadDeadline(deadline)
+	}
+}
+
+func closeWrite(c net.Conn) {
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+}
+
+// teardown closes both connections now. The pumps then end, and the last
+// one to end finishes the tunnel.
+func (tn *tunnel) teardown(err error) {
+	tn.mu.Lock()
+	if tn.torn {
+		tn.mu.Unlock()
+		return
+	}
+	tn.torn = true
+	if tn.err == nil {
+		tn.err = err
+	}
+	tn.mu.Unlock()
+	tn.client.Close()
+	tn.back.Close()
+}
+
+// pumpDone is called by each pump as it ends, with nil for a clean EOF.
+func (tn *tunnel) pumpDone(p *pump, err error) {
+	switch {
+	case err == nil:
+		// Pass the half-close on, and bound how long the other direction may
+		// stay open alone.
+		closeWrite(p.dst)
+		tn.mu.Lock()
+		tn.eofs++
+		if tn.eofs == 1 && tn.p.cfg.halfCloseTimeout > 0 && !tn.torn {
+			tn.halfClose = time.AfterFunc(tn.p.cfg.halfCloseTimeout, func() {
+				tn.mu.Lock()
+				if tn.reason == "" {
+					tn.reason = "half-close timeout"
+				}
+				tn.mu.Unlock()
+				tn.teardown(nil)
+			})
+		}
+		tn.mu.Unlock()
+		if p.peer.srcClosed.Load() && p.srcClosed.Load() {
+			// Both sides sent their close frame and one hung up: done.
+			tn.teardown(nil)
+		}
+	case isTimeout(err) && tn.isClosing():
+		// The read deadline after a completed close handshake.
+		tn.teardown(nil)
+	default:
+		tn.teardown(err)
+	}
+	if tn.running.Add(-1) == 0 {
+		tn.teardown(nil)
+		tn.finish()
+	}
+}
+
+func (tn *tunnel) isClosing() bool {
+	tn.mu.Lock()
+	defer tn.mu.Unlock()
+	return tn.closing || (tn.up.srcClosed.Load() && tn.down.srcClosed.Load())
+}
+
+// finish runs once, after both pumps ended: stop the timers, settle the
+// counts, tell the hooks and the log, leave the registry.
+func (tn *tunnel) finish() {
+	tn.mu.Lock()
+	for _, t := range tn.timers {
+		t.Stop()
+	}
+	if tn.halfClose != nil {
+		tn.halfClose.Stop()
+	}
+	reason, err := tn.reason, tn.err
+	tn.mu.Unlock()
+	if err != nil && (errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF)) && reason != "" {
+		err = nil
+	}
+	info := CloseInfo{
+		TunnelInfo:      tn.info,
+		Duration:        time.Since(tn.info.Start),
+		ClientToBackend: tn.up.traffic(),
+		BackendToClient: tn.down.traffic(),
+		Reason:          reason,
+		Err:             err,
+	}
+	tn.p.tunnelClosed(tn, info)
+	close(tn.done)
+}
+
+func (p *pump) traffic() Traffic {
+	return Traffic{Bytes: p.bytes.Load(), Messages: p.messages.Load(), CloseCode: int(p.closeCode.Load())}
+}
+
+// run is the pump's goroutine: read, track frames, write, until src ends.
+func (p *pump) run() {
+	err := p.loop()
+	if p.ncarry > 0 && err == nil {
+		err = fmt.Errorf("%w: connection ended inside a frame", io.ErrUnexpectedEOF)
+	}
+	p.t.pumpDone(p, err)
+}
+
+func (p *pump) loop() error {
+	for len(p.initial) > 0 {
+		bp := bufPool.Get().(*[]byte)
+		n := copy((*bp)[bufHeadroom:], p.initial)
+		p.initial = p.initial[n:]
+		err := p.chunk(*bp, n)
+		bufPool.Put(bp)
+		if err != nil {
+			return err
+		}
+	}
+	p.initial = nil
+	for {
+		// Wait for bytes before taking a buffer, so idle tunnels hold none.
+		if err := waitReadable(p.src); err != nil {
+			return err
+		}
+		bp := bufPool.Get().(*[]byte)
+		n, rerr := p.src.Read((*bp)[bufHeadroom:])
+		var err error
+		if n > 0 {
+			err = p.chunk(*bp, n)
+		}
+		bufPool.Put(bp)
+		if err != nil {
+			return err
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+// chunk processes n fresh bytes at buf[bufHeadroom:], after the carried
+// tail of the previous chunk.
+func (p *pump) chunk(buf []byte, n int) error {
+	now := time.Now().UnixNano()
+	p.lastRead.Store(now)
+	if p.broken {
+		return nil
+	}
+	start := bufHeadroom - p.ncarry
+	copy(buf[start:], p.carry[:p.ncarry])
+	p.ncarry = 0
+	err := p.process(buf[start : bufHeadroom+n])
+	if errors.Is(err, errProtocol) || errors.Is(err, errTooBig) {
+		// Framing is lost or the peer broke a limit: tell both sides, then
+		// drain what the peer still sends until the tunnel is torn down.
+		p.broken = true
+		code, reason := uint16(wsframe.CloseProtocolError), err.Error()
+		if errors.Is(err, errTooBig) {
+			code, reason = wsframe.CloseMessageTooBig, "message too big"
+		}
+		go p.t.politeClose(code, code, reason)
+		return nil
+	}
+	return err
+}
+
+var errTooBig = errors.New("message larger than the limit")
+
+// process walks the frames in data, writes what is to be forwarded to dst
+// and keeps the unconsumed tail (a partial header or control frame) for
+// the next chunk. Data payloads pass untouched; control frames are held
+// until complete, so the proxy can read close codes and take its own pongs
+// out of the stream.
+func (p *pump) process(data []byte) error {
+	i, seg := 0, 0 // data[seg:i] is read and not yet written
+	forwarded := false
+	for i < len(data) {
+		if p.remaining > 0 {
+			k := uint64(len(data) - i)
+			if k > p.remaining {
+				k = p.remaining
+			}
+			i += int(k)
+			p.remaining -= k
+			forwarded = true
+			if p.remaining == 0 && p.hasPending.Load() {
+				if err := p.flush(data[seg:i], false); err != nil {
+					return err
+				}
+				seg = i
+				p.writePending()
+			}
+			continue
+		}
+		h, n, err := wsframe.ParseHeader(data[i:])
+		if n == 0 {
+			break
+		}
+		if err != nil && err != wsframe.ErrNonMinimal {
+			p.flush(data[seg:i], false)
+			return fmt.Errorf("%w: %v", errProtocol, err)
+		}
+		if h.Masked != p.fromClient {
+			p.flush(data[seg:i], false)
+			if p.fromClient {
+				return fmt.Errorf("%w: unmasked frame from the client", errProtocol)
+			}
+			return fmt.Errorf("%w: masked frame from the backend", errProtocol)
+		}
+		if h.IsControl() {
+			end := i + n + int(h.Length)
+			if end > len(data) {
+				break
+			}
+			var payload [wsframe.MaxControlPayload]byte
+			pl := payload[:copy(payload[:], data[i+n:end])]
+			if h.Masked {
+				wsframe.Mask(h.Mask, 0, pl)
+			}
+			switch h.OpCode {
+			case wsframe.OpPong:
+				if p.t.isOwnPong(pl) {
+					if err := p.flush(data[seg:i], false); err != nil {
+						return err
+					}
+					seg = end
+					i = end
+					continue
+				}
+			case wsframe.OpClose:
+				code, _ := wsframe.ParseClose(pl)
+				p.closeCode.CompareAndSwap(0, int32(code))
+				p.srcClosed.Store(true)
+				err := p.flush(data[seg:end], true)
+				seg = end
+				p.t.lastActive.Store(time.Now().UnixNano())
+				p.t.checkCloseHandshake()
+				if err != nil {
+					return err
+				}
+				i = end
+				continue
+			}
+			i = end
+			forwarded = true
+		} else {
+			if h.OpCode != wsframe.OpContinuation {
+				p.msgSize = 0
+			}
+			p.msgSize += h.Length
+			if max := p.t.p.cfg.maxMessageSize; max > 0 && p.msgSize > uint64(max) {
+				p.flush(data[seg:i], false)
+				return errTooBig
+			}
+			if h.Fin {
+				p.messages.Add(1)
+			}
+			i += n
+			p.remaining = h.Length
+			forwarded = true
+		}
+		if p.remaining == 0 && p.hasPending.Load() {
+			if err := p.flush(data[seg:i], false); err != nil {
+				return err
+			}
+			seg = i
+			p.writePending()
+		}
+	}
+	p.ncarry = copy(p.carry[:], data[i:])
+	if forwarded {
+		p.t.lastActive.Store(time.Now().UnixNano())
+	}
+	return p.flush(data[seg:i], false)
+}
+
+// flush writes b to dst unless a close frame already went there. isClose
+// marks b as ending with a close frame from src.
+func (p *pump) flush(b []byte, isClose bool) error {
+	if len(b) == 0 {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.sentClose.Load() {
+		return nil
+	}
+	n, err := p.dst.Write(b)
+	p.bytes.Add(int64(n))
+	p.midFrame = p.remaining > 0
+	if isClose && err == nil {
+		p.sentClose.Store(true)
+	}
+	return err
+}
+
+// inject writes a control frame of the proxy's to dst: now if dst is at a
+// frame boundary, else as soon as the pump reaches one. A close frame
+// replaces a pending ping; nothing is written after a close frame.
+func (p *pump) inject(frame []byte, isClose bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.sentClose.Load() {
+		return
+	}
+	if !p.midFrame {
+		p.writeLocked(frame, isClose)
+		return
+	}
+	if p.pending != nil && p.pendingClose {
+		return
+	}
+	p.pending, p.pendingClose = frame, isClose
+	p.hasPending.Store(true)
+}
+
+func (p *pump) writePending() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pending != nil && !p.sentClose.Load() {
+		p.writeLocked(p.pending, p.pendingClose)
+	}
+	p.pending = nil
+	p.hasPending.Store(false)
+	if p.sentClose.Load() {
+		p.t.checkCloseHandshake()
+	}
+}
+
+func (p *pump) writeLocked(frame []byte, isClose bool) {
+	n, err := p.dst.Write(frame)
+	p.bytes.Add(int64(n))
+	if err != nil {
+		return
+	}
+	if isClose {
+		p.sentClose.Store(true)
+	} else {
+		p.pingSent.Store(time.Now().UnixNano())
+	}
+}

@@ -1,0 +1,648 @@
+package wsproxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/sha1"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"net/textproto"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+)
+
+// websocketGUID is appended to the key to compute Sec-WebSocket-Accept
+// (RFC 6455 §1.3).
+const websocketGUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+// computeAccept returns the Sec-WebSocket-Accept value for a key.
+func computeAccept(key string) string {
+	h := sha1.New()
+	h.Write([]byte(key))
+	h.Write([]byte(websocketGUID))
+	return base64.StdEncoding.EncodeToString(h.Sum(nil))
+}
+
+// upgradeKind classifies a request by its Upgrade header.
+type upgradeKind int
+
+const (
+	notUpgrade       upgradeKind = iota // no Upgrade header
+	otherUpgrade                        // Upgrade to something else, h2c for example
+	websocketUpgrade                    // Upgrade lists websocket
+)
+
+func classify(r *http.Request) upgradeKind {
+	v := r.Header["Upgrade"]
+	switch {
+	case len(v) == 0:
+		return notUpgrade
+	case httpguts.HeaderValuesContainsToken(v, "websocket"):
+		return websocketUpgrade
+	}
+	return otherUpgrade
+}
+
+// stripUpgrade removes every trace of an upgrade request other than
+// websocket, so the fallback handler serves it as plain HTTP and can never
+// pass an h2c (or other) upgrade on.
+func stripUpgrade(r *http.Request) *http.Request {
+	r2 := r.Clone(r.Context())
+	r2.Header.Del("Upgrade")
+	r2.Header.Del("Http2-Settings")
+	var keep []string
+	for _, v := range r2.Header["Connection"] {
+		for tok := range strings.SplitSeq(v, ",") {
+			tok = textproto.TrimString(tok)
+			if tok != "" && !strings.EqualFold(tok, "upgrade") && !strings.EqualFold(tok, "http2-settings") {
+				keep = append(keep, tok)
+			}
+		}
+	}
+	if len(keep) == 0 {
+		r2.Header.Del("Connection")
+	} else {
+		r2.Header["Connection"] = []string{strings.Join(keep, ", ")}
+	}
+	return r2
+}
+
+// checkClientRequest validates a WebSocket upgrade request as RFC 6455 §4.1
+// and §4.2.1 describe it, before any backend is touched.
+func checkClientRequest(r *http.Request) error {
+	switch {
+	case r.ProtoMajor != 1 || r.ProtoMinor < 1:
+		return fmt.Errorf("%w: %s is not HTTP/1.1", ErrBadHandshake, r.Proto)
+	case r.Method != http.MethodGet:
+		return fmt.Errorf("%w: method %s is not GET", ErrBadHandshake, r.Method)
+	case !httpguts.HeaderValuesContainsToken(r.Header["Connection"], "upgrade"):
+		return fmt.Errorf("%w: Connection header does not contain upgrade", ErrBadHandshake)
+	case r.ContentLength != 0 || len(r.TransferEncoding) > 0:
+		return fmt.Errorf("%w: upgrade request has a body", ErrBadHandshake)
+	}
+	if err := checkKey(r.Header["Sec-Websocket-Key"]); err != nil {
+		return err
+	}
+	if v := r.Header["Sec-Websocket-Version"]; len(v) != 1 || v[0] != "13" {
+		return fmt.Errorf("%w: Sec-WebSocket-Version %q, want 13", ErrBadVersion, strings.Join(v, ", "))
+	}
+	return nil
+}
+
+func checkKey(v []string) error {
+	if len(v) != 1 {
+		return fmt.Errorf("%w: want one Sec-WebSocket-Key, got %d", ErrBadHandshake, len(v))
+	}
+	if b, err := base64.StdEncoding.DecodeString(v[0]); err != nil || len(b) != 16 {
+		return fmt.Errorf("%w: Sec-WebSocket-Key is not 16 bytes in base64", ErrBadHandshake)
+	}
+	return nil
+}
+
+// ProxyRequest is what a rewrite hook (WithRewrite) sees and may change.
+type ProxyRequest struct {
+	// In is the client's request. Do not modify it.
+	In *http.Request
+	// Out is the request the proxy will send. Its URL.Path, URL.RawPath,
+	// URL.RawQuery, Host and Header are used; everything else is ignored.
+	Out *http.Request
+	// Target is the backend chosen for this request.
+	Target *Target
+}
+
+// hopByHop lists the hop-by-hop headers of RFC 9110 §7.6.1 and the legacy
+// ones proxies also drop, in canonical form. Every header whose name
+// starts with "Proxy-" is dropped as well.
+var hopByHop = map[string]bool{
+	"Connection":        true,
+	"Keep-Alive":        true,
+	"Te":                true,
+	"Trailer":           true,
+	"Transfer-Encoding": true,
+	"Upgrade":           true,
+	"Http2-Settings":    true,
+}
+
+func isHopByHop(name string) bool {
+	return hopByHop[name] || strings.HasPrefix(name, "Proxy-")
+}
+
+// Headers the proxy owns on the way to the backend: a client can neither
+// set them nor, by naming them in Connection, remove them.
+var (
+	forwardingHeaders = []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded", "X-Real-Ip"}
+	handshakeHeaders  = []string{"Sec-Websocket-Key", "Sec-Websocket-Version", "Sec-Websocket-Accept"}
+)
+
+// connectionTokens returns the canonical header names listed in the
+// Connection headers of h.
+func connectionTokens(h http.Header) map[string]bool {
+	v := h["Connection"]
+	if len(v) == 0 {
+		return nil
+	}
+	named := make(map[string]bool)
+	for _, line := range v {
+		for tok := range strings.SplitSeq(line, ",") {
+			if tok = textproto.TrimString(tok); tok != "" {
+				named[textproto.CanonicalMIMEHeaderKey(tok)] = true
+			}
+		}
+	}
+	return named
+}
+
+// backendHeader builds the headers of the request to the backend. The order
+// is the point: first everything hop-by-hop, named in Connection or owned by
+// the proxy is left out, then the proxy adds its own, so nothing the client
+// sends can remove or forge them.
+func (p *Proxy) backendHeader(r *http.Request) http.Header {
+	named := connectionTokens(r.Header)
+	trusted := p.trustedPeer(r)
+	h := make(http.Header, len(r.Header)+6)
+	for k, v := range r.Header {
+		switch {
+		case isHopByHop(k), named[k]:
+			continue
+		case k == "Origin" && p.cfg.stripOrigin:
+			continue
+		case slicesContains(handshakeHeaders, k):
+			continue
+		case slicesContains(forwardingHeaders, k) && !trusted:
+			continue
+		}
+		h[k] = append([]string(nil), v...)
+	}
+	p.setOwnHeaders(h, r.Header.Get("Sec-Websocket-Key"))
+	p.setForwarded(h, r, trusted)
+	return h
+}
+
+// setOwnHeaders sets the headers of the upgrade itself (RFC 6455 §4.1).
+func (p *Proxy) setOwnHeaders(h http.Header, key string) {
+	for k := range h {
+		if isHopByHop(k) || slicesContains(handshakeHeaders, k) {
+			delete(h, k)
+		}
+	}
+	h["Upgrade"] = []string{"websocket"}
+	h["Connection"] = []string{"Upgrade"}
+	h["Sec-Websocket-Key"] = []string{key}
+	h["Sec-Websocket-Version"] = []string{"13"}
+}
+
+// setForwarded sets X-Forwarded-For, -Host and -Proto from what the proxy
+// saw. -Proto is "http" or "https" (whether the client reached this server
+// over TLS), the values web frameworks expect, not "ws"/"wss".
+func (p *Proxy) setForwarded(h http.Header, r *http.Request, trusted bool) {
+	ip := clientIP(r)
+	if trusted {
+		if prior := h["X-Forwarded-For"]; len(prior) > 0 && ip != "" {
+			ip = strings.Join(prior, ", ") + ", " + ip
+		}
+		if len(h["X-Forwarded-Host"]) > 0 && len(h["X-Forwarded-Proto"]) > 0 {
+			if ip != "" {
+				h["X-Forwarded-For"] = []string{ip}
+			}
+			return
+		}
+	}
+	if ip != "" {
+		h["X-Forwarded-For"] = []string{ip}
+	}
+	h["X-Forwarded-Host"] = []string{r.Host}
+	proto := "http"
+	if r.TLS != nil {
+		proto = "https"
+	}
+	h["X-Forwarded-Proto"] = []string{proto}
+}
+
+func clientIP(r *http.Request) string {
+	host, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return ""
+	}
+	return host
+}
+
+func (p *Proxy) trustedPeer(r *http.Request) bool {
+	if len(p.cfg.trustedProxies) == 0 {
+		return false
+	}
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return false
+	}
+	a := ap.Addr().Unmap()
+	for _, pfx := range p.cfg.trustedProxies {
+		if pfx.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+func slicesContains(s []string, v string) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// backendRequest is the upgrade request as it will be written.
+type backendRequest struct {
+	uri    string // request-target: path and query
+	host   string
+	header http.Header
+	key    string   // Sec-WebSocket-Key sent
+	protos []string // subprotocols the client offered
+	exts   []string // extension names the client offered
+}
+
+// newBackendRequest builds the request for target t, runs the rewrite hook
+// and validates the result.
+func (p *Proxy) newBackendRequest(r *http.Request, t *Target) (*backendRequest, error) {
+	path, rawPath := joinURLPath(t.URL, r.URL)
+	query := t.URL.RawQuery
+	switch {
+	case query == "":
+		query = r.URL.RawQuery
+	case r.URL.RawQuery != "":
+		query += "&" + r.URL.RawQuery
+	}
+	host := r.Host
+	if p.cfg.hostFromTarget {
+		host = t.URL.Host
+	}
+	key := r.Header.Get("Sec-Websocket-Key")
+	header := p.backendHeader(r)
+
+	if p.cfg.rewrite != nil {
+		out := &http.Request{
+			Method: http.MethodGet,
+			URL:    &url.URL{Scheme: t.URL.Scheme, Host: t.URL.Host, Path: path, RawPath: rawPath, RawQuery: query},
+			Proto:  "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1,
+			Host:   host,
+			Header: header,
+		}
+		p.cfg.rewrite(&ProxyRequest{In: r, Out: out, Target: t})
+		if out.Header == nil {
+			out.Header = make(http.Header)
+		}
+		header, host = out.Header, out.Host
+		path, rawPath, query = out.URL.Path, out.URL.RawPath, out.URL.RawQuery
+		p.setOwnHeaders(header, key)
+	}
+
+	u := url.URL{Path: path, RawPath: rawPath, RawQuery: query}
+	br := &backendRequest{
+		uri:    u.RequestURI(),
+		host:   host,
+		header: header,
+		key:    key,
+		protos: headerTokens(r.Header["Sec-Websocket-Protocol"]),
+		exts:   extensionNames(r.Header["Sec-Websocket-Extensions"]),
+	}
+	if err := br.validate(); err != nil {
+		return nil, err
+	}
+	return br, nil
+}
+
+// validate refuses anything that would let a value break out of its line:
+// the rewrite hook is user code and its values may come from clients.
+func (br *backendRequest) validate() error {
+	for i := 0; i < len(br.uri); i++ {
+		if c := br.uri[i]; c <= ' ' || c == 0x7f {
+			return fmt.Errorf("%w: request target %q has a space or control byte", ErrRewrite, br.uri)
+		}
+	}
+	if !httpguts.ValidHostHeader(br.host) {
+		return fmt.Errorf("%w: Host %q", ErrRewrite, br.host)
+	}
+	for k, vv := range br.header {
+		if !httpguts.ValidHeaderFieldName(k) {
+			return fmt.Errorf("%w: header name %q", ErrRewrite, k)
+		}
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldValue(v) {
+				return fmt.Errorf("%w: value of %s has invalid bytes", ErrRewrite, k)
+			}
+		}
+	}
+	return nil
+}
+
+// joinURLPath joins the target's path and the request's, as
+// httputil.NewSingleHostReverseProxy does, keeping escaped forms intact.
+func joinURLPath(a, b *url.URL) (path, rawpath string) {
+	if a.RawPath == "" && b.RawPath == "" {
+		return singleJoiningSlash(a.Path, b.Path), ""
+	}
+	apath, bpath := a.EscapedPath(), b.EscapedPath()
+	aslash, bslash := strings.HasSuffix(apath, "/"), strings.HasPrefix(bpath, "/")
+	switch {
+	case aslash && bslash:
+		return a.Path + b.Path[1:], apath + bpath[1:]
+	case !aslash && !bslash:
+		return a.Path + "/" + b.Path, apath + "/" + bpath
+	}
+	return a.Path + b.Path, apath + bpath
+}
+
+func singleJoiningSlash(a, b string) string {
+	aslash, bslash := strings.HasSuffix(a, "/"), strings.HasPrefix(b, "/")
+	switch {
+	case aslash && bslash:
+		return a + b[1:]
+	case !aslash && !bslash:
+		return a + "/" + b
+	}
+	return a + b
+}
+
+// headerTokens splits comma-separated header values into trimmed tokens.
+func headerTokens(values []string) []string {
+	var out []string
+	for _, v := range values {
+		for tok := range strings.SplitSeq(v, ",") {
+			if tok = textproto.TrimString(tok); tok != "" {
+				out = append(out, tok)
+			}
+		}
+	}
+	return out
+}
+
+// extensionNames returns the extension names of Sec-WebSocket-Extensions
+// values ("permessage-deflate; client_max_window_bits" gives
+// "permessage-deflate"), lower-cased.
+func extensionNames(values []string) []string {
+	names := headerTokens(values)
+	for i, e := range names {
+		name, _, _ := strings.Cut(e, ";")
+		names[i] = strings.ToLower(textproto.TrimString(name))
+	}
+	return names
+}
+
+// writeTo writes the request line and headers. Sec-WebSocket-* names keep
+// their RFC spelling: some servers match them case-sensitively.
+func (br *backendRequest) writeTo(w *bufio.Writer) error {
+	w.WriteString("GET ")
+	w.WriteString(br.uri)
+	w.WriteString(" HTTP/1.1\r\nHost: ")
+	w.WriteString(br.host)
+	w.WriteString("\r\n")
+	writeHeader(w, br.header)
+	w.WriteString("\r\n")
+	return w.Flush()
+}
+
+func writeHeader(w *bufio.Writer, h http.Header) {
+	for k, vv := range h {
+		for _, v := range vv {
+			writeHeaderName(w, k)
+			w.WriteString(": ")
+			w.WriteString(v)
+			w.WriteString("\r\n")
+		}
+	}
+}
+
+func writeHeaderName(w *bufio.Writer, k string) {
+	if rest, ok := strings.CutPrefix(k, "Sec-Websocket-"); ok {
+		w.WriteString("Sec-WebSocket-")
+		w.WriteString(rest)
+		return
+	}
+	w.WriteString(k)
+}
+
+type bufioReader = bufio.Reader
+
+var (
+	writerPool = sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 1024) }}
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+)
+
+// limitReader fails reads once more than n bytes were read through it; the
+// backend's response headers are read through it, then the limit is lifted.
+type limitReader struct {
+	r        io.Reader
+	n        int
+	exceeded bool
+}
+
+var errHeaderTooLarge = errors.New("response header too large")
+
+func (l *limitReader) Read(p []byte) (int, error) {
+	if l.n <= 0 {
+		l.exceeded = true
+		return 0, errHeaderTooLarge
+	}
+	if len(p) > l.n {
+		p = p[:l.n]
+	}
+	n, err := l.r.Read(p)
+	l.n -= n
+	return n, err
+}
+
+// dial connects to the target, with TLS for wss and https targets.
+func (p *Proxy) dial(ctx context.Context, t *Target) (net.Conn, error) {
+	if p.cfg.dialTimeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, p.cfg.dialTimeout)
+		defer cancel()
+	}
+	conn, err := p.dialFn(ctx, "tcp", t.addr)
+	if err != nil {
+		return nil, &BackendError{Target: t.raw, Op: "dial", Err: fmt.Errorf("%w: %w", ErrDial, err)}
+	}
+	if !t.tls {
+		return conn, nil
+	}
+	cfg := &tls.Config{}
+	if p.cfg.tlsConfig != nil {
+		cfg = p.cfg.tlsConfig.Clone()
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName = t.URL.Hostname()
+	}
+	// The upgrade is an HTTP/1.1 request, whatever the backend prefers.
+	cfg.NextProtos = []string{"http/1.1"}
+	tc := tls.Client(conn, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		conn.Close()
+		return nil, &BackendError{Target: t.raw, Op: "dial", Err: fmt.Errorf("%w: tls: %w", ErrDial, err)}
+	}
+	return tc, nil
+}
+
+// backendHandshake writes the upgrade request on conn and reads the
+// response headers, within the handshake timeout. It returns the response
+// and the reader holding any bytes the backend sent after it.
+func (p *Proxy) backendHandshake(ctx context.Context, conn net.Conn, t *Target, req *backendRequest) (*http.Response, *bufio.Reader, error) {
+	fail := func(err error) (*http.Response, *bufio.Reader, error) {
+		return nil, nil, &BackendError{Target: t.raw, Op: "handshake", Err: fmt.Errorf("%w: %w", ErrBackendHandshake, err)}
+	}
+	if p.cfg.handshakeTimeout > 0 {
+		conn.SetDeadline(time.Now().Add(p.cfg.handshakeTimeout))
+	}
+	stop := context.AfterFunc(ctx, func() { conn.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+
+	w := writerPool.Get().(*bufio.Writer)
+	w.Reset(conn)
+	err := req.writeTo(w)
+	w.Reset(nil)
+	writerPool.Put(w)
+	if err != nil {
+		return fail(err)
+	}
+
+	lr := &limitReader{r: conn, n: p.cfg.maxRespHeader}
+	br := readerPool.Get().(*bufio.Reader)
+	br.Reset(lr)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		putReader(br)
+		if lr.exceeded {
+			err = fmt.Errorf("response headers larger than %d bytes", p.cfg.maxRespHeader)
+		} else if ctx.Err() != nil {
+			err = ctx.Err()
+		}
+		return fail(err)
+	}
+	lr.n = int(^uint(0) >> 1)
+	return resp, br, nil
+}
+
+func putReader(br *bufio.Reader) {
+	br.Reset(nil)
+	readerPool.Put(br)
+}
+
+// checkUpgradeResponse accepts a 101 only if it is a real WebSocket
+// upgrade for the key the proxy sent (RFC 6455 §4.1, the client's checks).
+// Anything less and the connection could be a plain HTTP connection that an
+// attacker makes the proxy treat as a tunnel.
+func checkUpgradeResponse(resp *http.Response, req *backendRequest) error {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: "+format, append([]any{ErrInvalidUpgrade}, args...)...)
+	}
+	h := resp.Header
+	switch {
+	case resp.StatusCode != http.StatusSwitchingProtocols:
+		return bad("status %d", resp.StatusCode)
+	case resp.ProtoMajor != 1 || resp.ProtoMinor != 1:
+		return bad("protocol %s", resp.Proto)
+	case !httpguts.HeaderValuesContainsToken(h["Upgrade"], "websocket"):
+		return bad("Upgrade is %q", strings.Join(h["Upgrade"], ", "))
+	case !httpguts.HeaderValuesContainsToken(h["Connection"], "upgrade"):
+		return bad("Connection is %q", strings.Join(h["Connection"], ", "))
+	case len(h["Sec-Websocket-Accept"]) != 1 || h["Sec-Websocket-Accept"][0] != computeAccept(req.key):
+		return bad("Sec-WebSocket-Accept does not match the key")
+	}
+	if v := h["Sec-Websocket-Protocol"]; len(v) > 0 {
+		if len(v) != 1 || !slicesContains(req.protos, v[0]) {
+			return bad("subprotocol %q was not offered", strings.Join(v, ", "))
+		}
+	}
+	for _, name := range extensionNames(h["Sec-Websocket-Extensions"]) {
+		if !slicesContains(req.exts, name) {
+			return bad("extension %q was not offered", name)
+		}
+	}
+	return nil
+}
+
+// canHijack reports whether w, or a ResponseWriter it unwraps to, can be
+// hijacked; it follows the same chain http.ResponseController does, so a
+// wrapping middleware without Unwrap is caught before a backend is dialled.
+func canHijack(w http.ResponseWriter) bool {
+	for {
+		switch t := w.(type) {
+		case http.Hijacker:
+			return true
+		case interface{ Unwrap() http.ResponseWriter }:
+			w = t.Unwrap()
+		default:
+			return false
+		}
+	}
+}
+
+// relay sends a backend's non-101 answer to the client as an ordinary HTTP
+// response, then makes sure the client connection is closed: it never
+// becomes a tunnel and never carries a second request.
+func (p *Proxy) relay(w http.ResponseWriter, resp *http.Response, conn net.Conn) {
+	dst := w.Header()
+	named := connectionTokens(resp.Header)
+	for k, vv := range resp.Header {
+		if !isHopByHop(k) && !named[k] {
+			dst[k] = append([]string(nil), vv...)
+		}
+	}
+	dst.Set("Connection", "close")
+	w.WriteHeader(resp.StatusCode)
+	if p.cfg.handshakeTimeout > 0 {
+		conn.SetDeadline(time.Now().Add(p.cfg.handshakeTimeout))
+	}
+	io.Copy(w, resp.Body)
+	resp.Body.Close()
+}
+
+// write101 answers the client. The response carries the backend's accept
+// value, subprotocol and extensions, its other end-to-end headers (cookies,
+// for example) and whatever a middleware put in w.Header() before the proxy
+// ran.
+func write101(conn net.Conn, pre http.Header, resp *http.Response, timeout time.Duration) error {
+	h := make(http.Header, len(pre)+len(resp.Header))
+	for k, vv := range pre {
+		if !isHopByHop(k) && k != "Content-Length" && k != "Content-Type" {
+			h[k] = vv
+		}
+	}
+	named := connectionTokens(resp.Header)
+	for k, vv := range resp.Header {
+		if !isHopByHop(k) && !named[k] {
+			h[k] = vv
+		}
+	}
+	h["Upgrade"] = []string{"websocket"}
+	h["Connection"] = []string{"Upgrade"}
+	for k, vv := range h {
+		for _, v := range vv {
+			if !httpguts.ValidHeaderFieldName(k) || !httpguts.ValidHeaderFieldValue(v) {
+				delete(h, k)
+			}
+		}
+	}
+	if timeout > 0 {
+		conn.SetWriteDeadline(time.Now().Add(timeout))
+		defer conn.SetWriteDeadline(time.Time{})
+	}
+	w := writerPool.Get().(*bufio.Writer)
+	defer writerPool.Put(w)
+	defer w.Reset(nil)
+	w.Reset(conn)
+	w.WriteString("HTTP/1.1 101 Switching Protocols\r\n")
+	writeHeader(w, h)
+	w.WriteString("\r\n")
+	return w.Flush()
+}

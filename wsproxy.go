@@ -1,0 +1,662 @@
+// Package wsproxy is a WebSocket reverse proxy: an http.Handler that checks
+// each upgrade request, chooses a backend, performs the handshake with it
+// and then passes frames both ways until both sides are done.
+//
+// It does what people configure nginx for (`proxy_http_version 1.1;
+// proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection
+// "upgrade"`), with stricter handshake checks, load balancing made for
+// long-lived connections, timeouts that never kill a quiet healthy tunnel,
+// and a Shutdown that closes tunnels politely with close frames.
+//
+//	p, err := wsproxy.New([]string{"ws://127.0.0.1:9001", "ws://127.0.0.1:9002"})
+//	if err != nil {
+//		log.Fatal(err)
+//	}
+//	mux := http.NewServeMux()
+//	mux.Handle("GET /ws", p)
+//	log.Fatal(http.ListenAndServe(":8080", mux))
+//
+// # The request path
+//
+// ServeHTTP reads top to bottom: check the client's request (RFC 6455 §4.1:
+// GET, HTTP/1.1, Upgrade: websocket, Connection: upgrade, a 16-byte
+// Sec-WebSocket-Key, Sec-WebSocket-Version 13, no body), apply the origin
+// policy, pick a target, dial it, send the proxy's own upgrade request, check
+// the backend's 101, hijack the client connection, answer 101 and start the
+// tunnel. Nothing reaches a backend before the client's request passed every
+// check. A request that is not an upgrade at all gets 426, or goes to the
+// WithFallback handler.
+//
+// # Headers
+//
+// The request to the backend carries the client's end-to-end headers
+// (cookies, Authorization, Sec-WebSocket-Protocol and -Extensions, ...). The
+// hop-by-hop headers of RFC 9110 §7.6.1 (Connection and every header it
+// names, Keep-Alive, Proxy-*, TE, Trailer, Transfer-Encoding, Upgrade,
+// HTTP2-Settings) are dropped first, and only then does the proxy add its
+// own: Upgrade, Connection, Sec-WebSocket-Key and -Version, X-Forwarded-For,
+// X-Forwarded-Host and X-Forwarded-Proto ("http" or "https"). A client can
+// therefore never make the proxy drop a header it adds. Forwarding headers
+// a client sends (X-Forwarded-*, Forwarded, X-Real-IP) are discarded unless
+// the client's address is listed by WithTrustedProxies. Host is the client's
+// unless WithTargetHost is set.
+//
+// # Backend responses
+//
+// The proxy tunnels only when the backend answers 101 with Upgrade:
+// websocket, Connection: upgrade and the Sec-WebSocket-Accept computed from
+// the key it sent, choosing only a subprotocol and extensions the client
+// offered. Any other 101 is answered with 502 and the backend connection is
+// closed. Any other status (401, 403, 426, 500...) is relayed to the client
+// with its end-to-end headers and body, and the client connection is closed
+// afterwards: no tunnel, no second request (the "WebSocket smuggling" class
+// of bugs). A backend that cannot be reached gets 502, one that does not
+// answer in time 504.
+//
+// # Origin policy
+//
+// Browsers send cookies with WebSocket handshakes from any site, so a page
+// elsewhere could open a socket as the visitor (cross-site WebSocket
+// hijacking). By default a request whose Origin host differs from its Host
+// is refused with 403 before any backend is dialled. WithAllowedOrigins adds
+// hosts or *.domain patterns; WithInsecureSkipOriginCheck turns the check
+// off. Requests without Origin do not come from a browser page and pass.
+// WithStripOrigin hides Origin from backends that check it themselves.
+//
+// # The tunnel
+//
+// After the handshake the proxy follows WebSocket frame boundaries in both
+// directions (RFC 6455 §5.2) without decoding payloads, so it can count
+// messages, read close codes and write control frames of its own (pings,
+// close frames) between two frames, never inside one. Bytes the client sent
+// behind its handshake and bytes the backend sent behind its 101 are
+// delivered first, in order. An end of stream from one side is passed on as
+// a half-close while the other direction keeps flowing.
+//
+// # Timeouts
+//
+// WithDialTimeout (5s) and WithHandshakeTimeout (10s) bound reaching a
+// backend. Established tunnels have no timeout by default: WithIdleTimeout,
+// WithMaxLifetime and WithPingInterval add them, WithHalfCloseTimeout (30s)
+// bounds a half-closed tunnel and WithCloseTimeout (2s) bounds the close
+// handshake. The embedding http.Server should set ReadHeaderTimeout to
+// bound slow handshakes from clients; its ReadTimeout and WriteTimeout are
+// cleared on hijacked connections so they never cut a tunnel.
+//
+// # Shutdown
+//
+// http.Server.Shutdown does not see hijacked connections, so call
+// Proxy.Shutdown too: it refuses new upgrades with 503, sends every open
+// tunnel a close frame 1001 (going away) to both sides, at a frame boundary,
+// and returns once all tunnels are gone or the context ends, when it closes
+// the rest. Close closes everything at once.
+//
+// # Errors
+//
+// Errors are sentinels matched with errors.Is (ErrOriginDenied,
+// ErrNoTargetAvailable, ...); backend failures are *BackendError, with the
+// target and the operation. StatusCode maps an error to the HTTP status the
+// proxy answers with; WithErrorHandler replaces the default plain-text
+// answer.
+package wsproxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Proxy is a WebSocket reverse proxy. It is an http.Handler; create it with
+// New. All methods are safe for concurrent use.
+type Proxy struct {
+	cfg    config
+	dialFn func(ctx context.Context, network, addr string) (net.Conn, error)
+	log    *slog.Logger
+	set    atomic.Pointer[targetSet]
+
+	ctx    context.Context // ended by Close: aborts dials and handshakes
+	cancel context.CancelFunc
+
+	mu       sync.Mutex
+	tunnels  map[*tunnel]struct{}
+	inflight int // handshakes in progress
+	state    proxyState
+	drained  chan struct{} // closed when nothing is open after Shutdown began
+
+	total, rejected, failures atomic.Int64
+	closedUp, closedDown      trafficCounters
+}
+
+type proxyState int
+
+const (
+	running proxyState = iota
+	shuttingDown
+	closed
+)
+
+type trafficCounters struct {
+	bytes, messages atomic.Int64
+}
+
+// targetSet is an immutable snapshot of the targets; SetTargets swaps it.
+type targetSet struct {
+	all     []*Target
+	primary []*Target
+	backup  []*Target
+}
+
+// New returns a proxy for the given targets (see Target for their syntax).
+// It validates every target and option and reports all problems at once.
+func New(targets []string, opts ...Option) (*Proxy, error) {
+	cfg := defaultConfig()
+	for _, o := range opts {
+		o.apply(&cfg)
+	}
+	set, err := parseTargets(targets, nil)
+	if err != nil {
+		cfg.errs = append(cfg.errs, err)
+	}
+	if len(cfg.errs) > 0 {
+		return nil, errors.Join(cfg.errs...)
+	}
+	if cfg.balancer == nil {
+		cfg.balancer = RoundRobin()
+	}
+	p := &Proxy{cfg: cfg, dialFn: cfg.dial, log: cfg.logger, tunnels: make(map[*tunnel]struct{})}
+	if p.dialFn == nil {
+		d := &net.Dialer{KeepAlive: 15 * time.Second}
+		p.dialFn = d.DialContext
+	}
+	if p.log == nil {
+		p.log = slog.Default()
+	}
+	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.set.Store(set)
+	return p, nil
+}
+
+// parseTargets parses a target list, reusing the *Target of old for every
+// string that is still there so that live counts carry over.
+func parseTargets(targets []string, old *targetSet) (*targetSet, error) {
+	if len(targets) == 0 {
+		return nil, ErrNoTargets
+	}
+	keep := make(map[string]*Target)
+	if old != nil {
+		for _, t := range old.all {
+			keep[t.raw] = t
+		}
+	}
+	set := &targetSet{}
+	seen := make(map[string]bool)
+	var errs []error
+	for _, s := range targets {
+		t, err := parseTarget(s)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if seen[t.raw] {
+			errs = append(errs, fmt.Errorf("%w %q: listed twice", ErrBadTarget, s))
+			continue
+		}
+		seen[t.raw] = true
+		if prev, ok := keep[t.raw]; ok {
+			t = prev
+		}
+		set.all = append(set.all, t)
+		if t.Backup {
+			set.backup = append(set.backup, t)
+		} else {
+			set.primary = append(set.primary, t)
+		}
+	}
+	if len(errs) > 0 {
+		return nil, errors.Join(errs...)
+	}
+	if len(set.primary) == 0 {
+		return nil, fmt.Errorf("%w: every target is a backup", ErrNoTargets)
+	}
+	return set, nil
+}
+
+// SetTargets replaces the target list while traffic flows. New tunnels go
+// to the new set at once; tunnels open to a removed target keep running.
+// On error the old set stays in place and the error names the bad target.
+func (p *Proxy) SetTargets(targets []string) error {
+	set, err := parseTargets(targets, p.set.Load())
+	if err != nil {
+		return err
+	}
+	p.set.Store(set)
+	return nil
+}
+
+// ServeHTTP proxies one WebSocket upgrade request.
+func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch classify(r) {
+	case notUpgrade:
+		p.serveFallback(w, r)
+		return
+	case otherUpgrade:
+		p.serveFallback(w, stripUpgrade(r))
+		return
+	}
+	if err := checkClientRequest(r); err != nil {
+		p.reject(w, r, err)
+		return
+	}
+	if err := p.checkOrigin(r); err != nil {
+		p.reject(w, r, err)
+		return
+	}
+	if !canHijack(w) {
+		p.reject(w, r, ErrNotHijackable)
+		return
+	}
+	if !p.enter() {
+		p.reject(w, r, ErrShuttingDown)
+		return
+	}
+	defer p.leave()
+
+	t, conn, resp, br, err := p.connect(r)
+	if err != nil {
+		p.reject(w, r, err)
+		return
+	}
+	if resp.StatusCode != http.StatusSwitchingProtocols {
+		// The backend refused: its answer goes to the client as it is and
+		// the connection to it is never reused.
+		p.relay(w, resp, conn)
+		putReader(br)
+		conn.Close()
+		t.open.Add(-1)
+		p.rejected.Add(1)
+		p.notifyReject(r, &BackendError{Target: t.raw, Op: "upgrade", Status: resp.StatusCode,
+			Err: fmt.Errorf("%w: status %d", ErrUpgradeRefused, resp.StatusCode)})
+		return
+	}
+	p.open(w, r, t, conn, resp, br)
+}
+
+// connect picks a target, dials it and performs the backend handshake. On
+// success it returns a response that is either a valid 101 or a non-101 to
+// relay; the target's open count was taken and must be given back if no
+// tunnel results.
+func (p *Proxy) connect(r *http.Request) (*Target, net.Conn, *http.Response, *bufioReader, error) {
+	ctx, cancel := context.WithCancel(r.Context())
+	defer cancel()
+	stop := context.AfterFunc(p.ctx, cancel)
+	defer stop()
+
+	t, err := p.pick(r)
+	if err != nil {
+		return nil, nil, nil, nil, err
+	}
+	fail := func(err error) (*Target, net.Conn, *http.Response, *bufioReader, error) {
+		t.open.Add(-1)
+		t.stats.failures.Add(1)
+		p.failures.Add(1)
+		return nil, nil, nil, nil, err
+	}
+	req, err := p.newBackendRequest(r, t)
+	if err != nil {
+		t.open.Add(-1)
+		return nil, nil, nil, nil, err
+	}
+	conn, err := p.dial(ctx, t)
+	if err != nil {
+		return fail(err)
+	}
+	resp, br, err := p.backendHandshake(ctx, conn, t, req)
+	if err != nil {
+		conn.Close()
+		return fail(err)
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols || resp.StatusCode < 200 {
+		if err := checkUpgradeResponse(resp, req); err != nil {
+			putReader(br)
+			conn.Close()
+			return fail(&BackendError{Target: t.raw, Op: "upgrade", Err: err})
+		}
+	}
+	return t, conn, resp, br, nil
+}
+
+// pick chooses a target among those that can take a tunnel now and takes
+// one of its connection slots.
+func (p *Proxy) pick(r *http.Request) (*Target, error) {
+	set := p.set.Load()
+	for _, group := range [][]*Target{set.primary, set.backup} {
+		cands := make([]*Target, 0, len(group))
+		for _, t := range group {
+			if !t.full() {
+				cands = append(cands, t)
+			}
+		}
+		for len(cands) > 0 {
+			t := p.cfg.balancer.Pick(r, cands)
+			if t == nil {
+				return nil, ErrNoTargetAvailable
+			}
+			if t.tryAcquire() {
+				return t, nil
+			}
+			// It filled up since the list was made: choose again without it.
+			cands = removeTarget(cands, t)
+		}
+	}
+	return nil, ErrNoTargetAvailable
+}
+
+func removeTarget(ts []*Target, t *Target) []*Target {
+	for i, x := range ts {
+		if x == t {
+			return append(ts[:i], ts[i+1:]...)
+		}
+	}
+	return ts[:0]
+}
+
+// open hijacks the client connection, answers 101 and starts the tunnel.
+func (p *Proxy) open(w http.ResponseWriter, r *http.Request, t *Target, back net.Conn, resp *http.Response, br *bufioReader) {
+	backBuf := buffered(br)
+	putReader(br)
+	back.SetDeadline(time.Time{})
+
+	client, brw, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		back.Close()
+		t.open.Add(-1)
+		p.reject(w, r, fmt.Errorf("%w: %w", ErrNotHijackable, err))
+		return
+	}
+	// The server's ReadTimeout and WriteTimeout must not cut the tunnel.
+	client.SetDeadline(time.Time{})
+	clientBuf := buffered(brw.Reader)
+	if err := write101(client, w.Header(), resp, p.cfg.handshakeTimeout); err != nil {
+		client.Close()
+		back.Close()
+		t.open.Add(-1)
+		p.rejected.Add(1)
+		p.notifyReject(r, fmt.Errorf("wsproxy: writing 101 to client: %w", err))
+		return
+	}
+	info := TunnelInfo{
+		Target:      t.raw,
+		RemoteAddr:  r.RemoteAddr,
+		Path:        r.URL.Path,
+		Proto:       r.Proto,
+		Subprotocol: resp.Header.Get("Sec-Websocket-Protocol"),
+		Start:       time.Now(),
+	}
+	tn := newTunnel(p, t, client, clientBuf, back, backBuf, info)
+	p.total.Add(1)
+	t.stats.total.Add(1)
+	shuttingDown := p.register(tn)
+	if h := p.cfg.hooks.OnUpgrade; h != nil {
+		h(info)
+	}
+	p.log.Debug("wsproxy: tunnel open", "target", t.raw, "remote_addr", r.RemoteAddr, "path", r.URL.Path)
+	tn.start()
+	if shuttingDown {
+		go tn.politeClose(1001, 1001, "shutdown")
+	}
+}
+
+// buffered returns a copy of the bytes a reader holds beyond what was
+// parsed: early frames from the client or the backend.
+func buffered(br *bufioReader) []byte {
+	n := br.Buffered()
+	if n == 0 {
+		return nil
+	}
+	b, _ := br.Peek(n)
+	return append([]byte(nil), b...)
+}
+
+// serveFallback serves a request that is not a WebSocket upgrade.
+func (p *Proxy) serveFallback(w http.ResponseWriter, r *http.Request) {
+	if p.cfg.fallback != nil {
+		p.cfg.fallback.ServeHTTP(w, r)
+		return
+	}
+	p.reject(w, r, ErrNotWebSocket)
+}
+
+// reject answers a request that will not become a tunnel.
+func (p *Proxy) reject(w http.ResponseWriter, r *http.Request, err error) {
+	p.rejected.Add(1)
+	p.notifyReject(r, err)
+	h := w.Header()
+	switch {
+	case errors.Is(err, ErrBadVersion):
+		h["Sec-WebSocket-Version"] = []string{"13"}
+	case errors.Is(err, ErrNotWebSocket):
+		h.Set("Upgrade", "websocket")
+		h.Set("Connection", "Upgrade")
+	case errors.Is(err, ErrShuttingDown), errors.Is(err, ErrNoTargetAvailable), errors.Is(err, ErrTooManyTunnels):
+		h.Set("Retry-After", "1")
+	}
+	if p.cfg.errorHandler != nil {
+		p.cfg.errorHandler(w, r, err)
+		return
+	}
+	status := StatusCode(err)
+	http.Error(w, publicReason(err, status), status)
+}
+
+func (p *Proxy) notifyReject(r *http.Request, err error) {
+	var be *BackendError
+	if errors.As(err, &be) && be.Status == 0 {
+		p.log.Warn("wsproxy: backend failed", "target", be.Target, "remote_addr", r.RemoteAddr, "err", err)
+	} else {
+		p.log.Debug("wsproxy: upgrade rejected", "remote_addr", r.RemoteAddr, "path", r.URL.Path, "err", err)
+	}
+	if h := p.cfg.hooks.OnReject; h != nil {
+		h(r, err)
+	}
+}
+
+// publicReason is the body of an error response: precise for the client's
+// own mistakes, and never naming a backend address for the proxy's.
+func publicReason(err error, status int) string {
+	if status < 500 {
+		return strings.TrimPrefix(err.Error(), "wsproxy: ")
+	}
+	for _, e := range []error{ErrShuttingDown, ErrNoTargetAvailable, ErrTooManyTunnels, ErrNotHijackable, ErrRewrite, ErrInvalidUpgrade} {
+		if errors.Is(err, e) {
+			return strings.TrimPrefix(e.Error(), "wsproxy: ")
+		}
+	}
+	switch status {
+	case http.StatusGatewayTimeout:
+		return "backend did not answer in time"
+	}
+	return "backend unavailable"
+}
+
+// enter counts a handshake in progress, unless the proxy is shutting down.
+func (p *Proxy) enter() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.state != running {
+		return false
+	}
+	p.inflight++
+	return true
+}
+
+func (p *Proxy) leave() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.inflight--
+	p.checkDrainedLocked()
+}
+
+// register adds a tunnel to the registry and reports whether the proxy is
+// shutting down, in which case the caller closes it politely at once.
+func (p *Proxy) register(tn *tunnel) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.tunnels[tn] = struct{}{}
+	return p.state != running
+}
+
+// tunnelClosed settles a finished tunnel's counts and tells the hooks.
+func (p *Proxy) tunnelClosed(tn *tunnel, info CloseInfo) {
+	t := tn.target
+	t.open.Add(-1)
+	t.stats.bytesIn.Add(info.ClientToBackend.Bytes)
+	t.stats.bytesOut.Add(info.BackendToClient.Bytes)
+	t.stats.msgsIn.Add(info.ClientToBackend.Messages)
+	t.stats.msgsOut.Add(info.BackendToClient.Messages)
+	p.mu.Lock()
+	delete(p.tunnels, tn)
+	p.closedUp.bytes.Add(info.ClientToBackend.Bytes)
+	p.closedUp.messages.Add(info.ClientToBackend.Messages)
+	p.closedDown.bytes.Add(info.BackendToClient.Bytes)
+	p.closedDown.messages.Add(info.BackendToClient.Messages)
+	p.checkDrainedLocked()
+	p.mu.Unlock()
+
+	attrs := []any{"target", info.Target, "remote_addr", info.RemoteAddr, "duration", info.Duration,
+		"bytes_in", info.ClientToBackend.Bytes, "bytes_out", info.BackendToClient.Bytes}
+	if info.Reason != "" {
+		attrs = append(attrs, "reason", info.Reason)
+	}
+	if info.Err != nil {
+		attrs = append(attrs, "err", info.Err)
+	}
+	p.log.Debug("wsproxy: tunnel closed", attrs...)
+	if h := p.cfg.hooks.OnClose; h != nil {
+		h(info)
+	}
+}
+
+func (p *Proxy) checkDrainedLocked() {
+	if p.state != running && p.inflight == 0 && len(p.tunnels) == 0 && p.drained != nil {
+		select {
+		case <-p.drained:
+		default:
+			close(p.drained)
+		}
+	}
+}
+
+// Shutdown stops accepting upgrades (they get 503), sends every open tunnel
+// a close frame 1001 (going away) to both sides at a frame boundary, and
+// waits until every tunnel is closed. If ctx ends first, it closes the
+// remaining tunnels at once and returns ctx.Err(). It may be called more
+// than once, and together with http.Server.Shutdown, which does not see
+// hijacked connections.
+func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	if p.state == running {
+		p.state = shuttingDown
+	}
+	if p.drained == nil {
+		p.drained = make(chan struct{})
+	}
+	drained := p.drained
+	open := p.snapshotLocked()
+	p.checkDrainedLocked()
+	p.mu.Unlock()
+
+	for _, tn := range open {
+		go tn.politeClose(1001, 1001, "shutdown")
+	}
+	select {
+	case <-drained:
+		return nil
+	case <-ctx.Done():
+		p.Close()
+		return ctx.Err()
+	}
+}
+
+// Close closes every tunnel and aborts every handshake at once, without
+// close frames, and waits until their goroutines are gone.
+func (p *Proxy) Close() error {
+	p.mu.Lock()
+	p.state = closed
+	if p.drained == nil {
+		p.drained = make(chan struct{})
+	}
+	drained := p.drained
+	open := p.snapshotLocked()
+	p.checkDrainedLocked()
+	p.mu.Unlock()
+	p.cancel()
+	for _, tn := range open {
+		tn.mu.Lock()
+		if tn.reason == "" {
+			tn.reason = "shutdown"
+		}
+		tn.mu.Unlock()
+		tn.teardown(nil)
+	}
+	<-drained
+	return nil
+}
+
+func (p *Proxy) snapshotLocked() []*tunnel {
+	open := make([]*tunnel, 0, len(p.tunnels))
+	for tn := range p.tunnels {
+		open = append(open, tn)
+	}
+	return open
+}
+
+// Stats returns a snapshot of the proxy's tunnels and traffic.
+func (p *Proxy) Stats() Stats {
+	s := Stats{
+		Total:    p.total.Load(),
+		Rejected: p.rejected.Load(),
+		Failures: p.failures.Load(),
+	}
+	live := make(map[*Target]*TargetStats)
+	set := p.set.Load()
+	s.Targets = make([]TargetStats, len(set.all))
+	for i, t := range set.all {
+		s.Targets[i] = TargetStats{
+			Target:          t.raw,
+			Open:            t.Open(),
+			Total:           t.stats.total.Load(),
+			Failures:        t.stats.failures.Load(),
+			ClientToBackend: Traffic{Bytes: t.stats.bytesIn.Load(), Messages: t.stats.msgsIn.Load()},
+			BackendToClient: Traffic{Bytes: t.stats.bytesOut.Load(), Messages: t.stats.msgsOut.Load()},
+			Backup:          t.Backup,
+			Healthy:         true,
+		}
+		live[t] = &s.Targets[i]
+	}
+	p.mu.Lock()
+	s.Open = len(p.tunnels) + p.inflight
+	s.ClientToBackend = Traffic{Bytes: p.closedUp.bytes.Load(), Messages: p.closedUp.messages.Load()}
+	s.BackendToClient = Traffic{Bytes: p.closedDown.bytes.Load(), Messages: p.closedDown.messages.Load()}
+	for tn := range p.tunnels {
+		up, down := tn.up.traffic(), tn.down.traffic()
+		s.ClientToBackend.Bytes += up.Bytes
+		s.ClientToBackend.Messages += up.Messages
+		s.BackendToClient.Bytes += down.Bytes
+		s.BackendToClient.Messages += down.Messages
+		if ts := live[tn.target]; ts != nil {
+			ts.ClientToBackend.Bytes += up.Bytes
+			ts.ClientToBackend.Messages += up.Messages
+			ts.BackendToClient.Bytes += down.Bytes
+			ts.BackendToClient.Messages += down.Messages
+		}
+	}
+	p.mu.Unlock()
+	return s
+}
