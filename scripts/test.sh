@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Runs every test of the project: the library (with -race), every nested
+# module (interop matrix, browser tests, examples, load tool), the fuzz
+# targets for a short time each, and the static checks. Installs what the
+# tests need when it is missing (each nested module's setup.sh does its part).
+#
+#   scripts/test.sh            everything
+#   FUZZTIME=60s scripts/test.sh   longer fuzzing
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+export GOFLAGS=${GOFLAGS:--buildvcs=false}
+
+step() { printf '\n=== %s\n' "$*"; }
+
+# Modules: the root one and every nested go.mod (examples, internal tools).
+mapfile -t modules < <(find . -name go.mod -not -path './node_modules/*' -not -path '*/node_modules/*' -printf '%h\n' | sort)
+
+for m in "${modules[@]}"; do
+  if [ -x "$m/setup.sh" ]; then
+    step "setup $m"
+    "$m/setup.sh"
+  fi
+done
+
+step "gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go') 2>/dev/null || true)
+if [ -n "$unformatted" ]; then echo "gofmt would change: $unformatted"; exit 1; fi
+
+for m in "${modules[@]}"; do
+  step "go vet + go test -race ($m)"
+  (cd "$m" && go vet ./... && go test -race -count=1 -timeout 20m ./...)
+done
+
+if [ -x scripts/fuzz.sh ]; then
+  step "fuzz"
+  scripts/fuzz.sh
+fi
+if [ -x scripts/static.sh ]; then
+  step "static checks"
+  scripts/static.sh
+fi
+step "all tests passed"
