@@ -1,0 +1,55 @@
+// Command wsproxy runs the library as its own process, so the benchmark can
+// measure its memory by pid.
+//
+//	wsproxy -listen 127.0.0.1:9201 -target ws://127.0.0.1:9200 [-pprof 127.0.0.1:9206]
+package main
+
+import (
+	"context"
+	"flag"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	_ "net/http/pprof" // served only on the -pprof address
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/wsproxy/wsproxy"
+)
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:9201", "address to listen on")
+	target := flag.String("target", "ws://127.0.0.1:9200", "backend URL")
+	pprofAddr := flag.String("pprof", "", "serve net/http/pprof on this address (empty: off)")
+	flag.Parse()
+
+	p, err := wsproxy.New([]string{*target},
+		wsproxy.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))))
+	if err != nil {
+		log.Fatal(err)
+	}
+	if *pprofAddr != "" {
+		go func() { log.Println(http.ListenAndServe(*pprofAddr, http.DefaultServeMux)) }()
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv := &http.Server{Handler: p, ReadHeaderTimeout: 10 * time.Second, ErrorLog: log.New(io.Discard, "", 0)}
+	go func() {
+		if err := srv.Serve(ln); err != http.ErrServerClosed {
+			log.Fatal(err)
+		}
+	}()
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	<-ctx.Done()
+	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	srv.Shutdown(sctx)
+	p.Shutdown(sctx)
+}
