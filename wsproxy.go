@@ -438,6 +438,7 @@ func (p *Proxy) reject(w http.ResponseWriter, r *http.Request, err error) {
 	p.rejected.Add(1)
 	p.notifyReject(r, err)
 	h := w.Header()
+	h.Set("Connection", "close")
 	switch {
 	case errors.Is(err, ErrBadVersion):
 		h["Sec-WebSocket-Version"] = []string{"13"}

@@ -204,7 +204,14 @@ func Dial(ctx context.Context, rawURL string, tlsConfig *tls.Config, early []byt
 		return nil, nil, err
 	}
 	if u.Scheme == "wss" || u.Scheme == "https" {
-		tc := tls.Client(conn, tlsConfig)
+		cfg := &tls.Config{}
+		if tlsConfig != nil {
+			cfg = tlsConfig.Clone()
+		}
+		if cfg.ServerName == "" {
+			cfg.ServerName = u.Hostname()
+		}
+		tc := tls.Client(conn, cfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			conn.Close()
 			return nil, nil, err
