@@ -1,9 +1,13 @@
 package wsproxy
 
 import (
+	"errors"
 	"fmt"
+	"math"
+	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/textproto"
 	"net/url"
 	"strconv"
 	"strings"
@@ -47,9 +51,12 @@ type Target struct {
 	raw  string // the string the target was parsed from
 	addr string // host:port to dial
 	tls  bool
+	hash uint64 // FNV-1a of the URL alone, so a weight change moves no hashed key
 
-	open  atomic.Int64 // open tunnels, including handshakes in progress
-	stats targetCounters
+	open    atomic.Int64 // open tunnels, including handshakes in progress
+	stats   targetCounters
+	health  targetHealth
+	removed atomic.Bool // dropped by SetTargets; open tunnels drain
 
 	// rrCurrent is the smooth weighted round-robin state, guarded by the
 	// round-robin balancer's mutex.
@@ -99,7 +106,7 @@ func parseTarget(s string) (*Target, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w %q: %v", ErrBadTarget, s, err)
 	}
-	t := &Target{URL: u, Weight: 1, raw: strings.Join(fields, " ")}
+	t := &Target{URL: u, Weight: 1, raw: strings.Join(fields, " "), hash: fnv1a(fnvOffset, fields[0])}
 	switch strings.ToLower(u.Scheme) {
 	case "ws", "http":
 	case "wss", "https":
@@ -184,4 +191,290 @@ func (b *roundRobin) Pick(_ *http.Request, targets []*Target) *Target {
 		best.rrCurrent -= total
 	}
 	return best
+}
+
+// LeastConn returns a policy for long-lived connections: the target with the
+// fewest open tunnels relative to its weight gets the next one, so a target
+// added to a busy set takes new tunnels until it has caught up. Ties are
+// broken by a start position that moves on with every pick, so equally
+// loaded targets take turns instead of the first one taking them all.
+func LeastConn() Balancer { return &leastConn{} }
+
+type leastConn struct {
+	next atomic.Uint64
+}
+
+func (b *leastConn) Pick(_ *http.Request, targets []*Target) *Target {
+	n := len(targets)
+	if n == 0 {
+		return nil
+	}
+	start := int(b.next.Add(1) % uint64(n))
+	best := targets[start]
+	bestOpen := best.open.Load()
+	for i := 1; i < n; i++ {
+		t := targets[(start+i)%n]
+		open := t.open.Load()
+		if lessLoaded(open, t.Weight, bestOpen, best.Weight) {
+			best, bestOpen = t, open
+		}
+	}
+	return best
+}
+
+// lessLoaded reports whether a/wa < b/wb without dividing.
+func lessLoaded(a int64, wa int, b int64, wb int) bool {
+	return a*int64(wb) < b*int64(wa)
+}
+
+// PowerOfTwo returns the "power of two random choices" policy: it looks at
+// two targets chosen at random and takes the one with fewer open tunnels
+// relative to its weight. It spreads load almost as evenly as LeastConn while
+// never making every replica of a proxy fleet pile onto the same target after
+// a restart, because each replica only ever compares two.
+func PowerOfTwo() Balancer { return powerOfTwo{} }
+
+type powerOfTwo struct{}
+
+func (powerOfTwo) Pick(_ *http.Request, targets []*Target) *Target {
+	n := len(targets)
+	switch n {
+	case 0:
+		return nil
+	case 1:
+		return targets[0]
+	}
+	i := rand.IntN(n)
+	j := rand.IntN(n - 1)
+	if j >= i {
+		j++
+	}
+	a, b := targets[i], targets[j]
+	if lessLoaded(b.open.Load(), b.Weight, a.open.Load(), a.Weight) {
+		return b
+	}
+	return a
+}
+
+// A HashOption configures ConsistentHash.
+type HashOption interface {
+	applyHash(*consistentHash)
+}
+
+type hashOptionFunc func(*consistentHash)
+
+func (f hashOptionFunc) applyHash(h *consistentHash) { f(h) }
+
+// WithLoadFactor bounds how far above its fair share a target may go before
+// keys hashed to it spill to their next choice ("consistent hashing with
+// bounded loads", Mirrokni et al. 2016): a target takes a new tunnel only
+// while its open tunnels are below ceil(f × (open+1) × weight / total
+// weight), counted over the candidates. Lower values spread a hot key sooner
+// and keep fewer keys in place; 1 allows no target above its share.
+// Default: 1.25. Zero turns the bound off; other values below 1 make New
+// fail.
+func WithLoadFactor(f float64) HashOption {
+	return hashOptionFunc(func(h *consistentHash) {
+		if f != 0 && !(f >= 1 && f <= 1e6) {
+			h.err = fmt.Errorf("WithLoadFactor: %v is neither 0 nor from 1 to 1e6", f)
+			return
+		}
+		h.factor = f
+	})
+}
+
+// ConsistentHash returns a policy that sends every request with the same
+// key to the same target, for backends that keep per-user or per-room state
+// in memory. key extracts the key from the request: ClientIPKey, HeaderKey,
+// CookieKey, QueryKey or your own; a request with an empty key is balanced
+// with RoundRobin.
+//
+// It uses weighted rendezvous hashing (highest random weight): each target
+// scores weight / -ln(hash(key, target)) and the best score wins. The score
+// depends only on the key and the target URL, so proxy replicas agree
+// without talking to each other, and adding or removing one of N targets
+// moves only the keys that belong to it, about 1/N of them. The load bound
+// (WithLoadFactor) keeps a hot key from overloading one target: when the
+// first choice is above its bound the key goes to its second choice, and so
+// on. Replicas then no longer agree for the spilled keys, which is the price
+// of the bound; WithLoadFactor(0) removes it.
+func ConsistentHash(key func(*http.Request) string, opts ...HashOption) Balancer {
+	h := &consistentHash{key: key, factor: 1.25}
+	if key == nil {
+		h.err = errors.New("nil key function")
+	}
+	for _, o := range opts {
+		o.applyHash(h)
+	}
+	return h
+}
+
+type consistentHash struct {
+	key      func(*http.Request) string
+	factor   float64
+	fallback roundRobin
+	err      error
+}
+
+// validate lets WithBalancer report a bad HashOption from New.
+func (h *consistentHash) validate() error { return h.err }
+
+func (h *consistentHash) Pick(r *http.Request, targets []*Target) *Target {
+	if len(targets) == 0 {
+		return nil
+	}
+	k := h.key(r)
+	if k == "" {
+		return h.fallback.Pick(r, targets)
+	}
+	kh := fnv1a(fnvOffset, k)
+	// bound is the fair share per unit of weight times the factor; 0 means
+	// no bound.
+	var bound float64
+	if h.factor > 0 && len(targets) > 1 {
+		var open, weights int64
+		for _, t := range targets {
+			open += t.open.Load()
+			weights += int64(t.Weight)
+		}
+		bound = h.factor * float64(open+1) / float64(weights)
+	}
+	var (
+		best, first           *Target
+		bestScore, firstScore float64
+	)
+	for _, t := range targets {
+		s := hrwScore(kh, t)
+		if first == nil || s > firstScore {
+			first, firstScore = t, s
+		}
+		if bound > 0 && float64(t.open.Load()) >= math.Ceil(bound*float64(t.Weight)) {
+			continue
+		}
+		if best == nil || s > bestScore {
+			best, bestScore = t, s
+		}
+	}
+	if best == nil {
+		// Counts moved under us; the bound cannot exclude everyone.
+		return first
+	}
+	return best
+}
+
+// hrwScore is the weighted rendezvous score of a key hash for a target:
+// w / -ln(u) with u uniform in (0, 1), which makes the probability that a
+// target wins proportional to its weight.
+func hrwScore(keyHash uint64, t *Target) float64 {
+	u := (float64(mix64(keyHash^mix64(t.hash))>>11) + 0.5) / (1 << 53)
+	return float64(t.Weight) / -math.Log(u)
+}
+
+const (
+	fnvOffset = 14695981039346656037
+	fnvPrime  = 1099511628211
+)
+
+// fnv1a continues a 64-bit FNV-1a hash over s.
+func fnv1a(h uint64, s string) uint64 {
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= fnvPrime
+	}
+	return h
+}
+
+// mix64 is the splitmix64 finalizer: FNV alone leaves similar keys with
+// similar high bits.
+func mix64(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
+}
+
+// ClientIPKey keys requests by the IP address of the connection's peer, the
+// host part of http.Request.RemoteAddr. Behind another proxy or a load
+// balancer that is the proxy's address, not the client's: use
+// HeaderKey("X-Real-Ip") or your own function there, and only when that
+// header is set by a proxy you trust.
+func ClientIPKey() func(*http.Request) string {
+	return func(r *http.Request) string {
+		host, _, err := net.SplitHostPort(r.RemoteAddr)
+		if err != nil {
+			return r.RemoteAddr
+		}
+		return host
+	}
+}
+
+// HeaderKey keys requests by the first value of a request header, for
+// example a user or tenant id set by an authenticating proxy in front.
+func HeaderKey(name string) func(*http.Request) string {
+	name = textproto.CanonicalMIMEHeaderKey(name)
+	return func(r *http.Request) string {
+		if v := r.Header[name]; len(v) > 0 {
+			return v[0]
+		}
+		return ""
+	}
+}
+
+// CookieKey keys requests by the value of a cookie, such as a session id.
+func CookieKey(name string) func(*http.Request) string {
+	return func(r *http.Request) string {
+		for _, line := range r.Header["Cookie"] {
+			if v, ok := findCookie(line, name); ok {
+				return v
+			}
+		}
+		return ""
+	}
+}
+
+// findCookie finds name in a Cookie header line ("a=1; b=2") without the
+// allocations of http.Request.Cookie.
+func findCookie(line, name string) (string, bool) {
+	for line != "" {
+		var part string
+		part, line, _ = strings.Cut(line, ";")
+		part = strings.TrimSpace(part)
+		k, v, ok := strings.Cut(part, "=")
+		if ok && k == name {
+			if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
+				v = v[1 : len(v)-1]
+			}
+			return v, true
+		}
+	}
+	return "", false
+}
+
+// QueryKey keys requests by a query parameter, for example ?room=42.
+func QueryKey(name string) func(*http.Request) string {
+	return func(r *http.Request) string {
+		q := r.URL.RawQuery
+		for q != "" {
+			var part string
+			part, q, _ = strings.Cut(q, "&")
+			k, v, _ := strings.Cut(part, "=")
+			if k != name {
+				if !strings.ContainsAny(k, "%+") {
+					continue
+				}
+				if uk, err := url.QueryUnescape(k); err != nil || uk != name {
+					continue
+				}
+			}
+			if strings.ContainsAny(v, "%+") {
+				if uv, err := url.QueryUnescape(v); err == nil {
+					return uv
+				}
+			}
+			return v
+		}
+		return ""
+	}
 }

@@ -42,6 +42,7 @@ type config struct {
 	logger         *slog.Logger
 	hooks          Hooks
 	balancer       Balancer
+	lb             lbConfig // balancing, health, retry, draining, discovery
 
 	idleTimeout      time.Duration
 	maxLifetime      time.Duration
@@ -69,6 +70,7 @@ func defaultConfig() config {
 		maxRespHeader:    defaultMaxRespHeader,
 		closeTimeout:     defaultCloseTimeout,
 		halfCloseTimeout: defaultHalfCloseTimeout,
+		lb:               defaultLBConfig(),
 	}
 }
 
@@ -360,6 +362,10 @@ func WithBalancer(b Balancer) Option {
 	return optionFunc(func(c *config) {
 		if b == nil {
 			c.errorf("WithBalancer", "nil Balancer")
+			return
+		}
+		if v, ok := b.(interface{ validate() error }); ok && v.validate() != nil {
+			c.errorf("WithBalancer", "%v", v.validate())
 			return
 		}
 		c.balancer = b

@@ -107,6 +107,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -132,6 +133,8 @@ type Proxy struct {
 
 	total, rejected, failures atomic.Int64
 	closedUp, closedDown      trafficCounters
+
+	lb lbState // health checks, discovery, draining targets
 }
 
 type proxyState int
@@ -160,7 +163,11 @@ func New(targets []string, opts ...Option) (*Proxy, error) {
 	for _, o := range opts {
 		o.apply(&cfg)
 	}
-	set, err := parseTargets(targets, nil)
+	var set *targetSet
+	targets, err := initialTargets(&cfg, targets)
+	if err == nil {
+		set, err = parseTargets(targets, nil)
+	}
 	if err != nil {
 		cfg.errs = append(cfg.errs, err)
 	}
@@ -180,6 +187,7 @@ func New(targets []string, opts ...Option) (*Proxy, error) {
 	}
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.set.Store(set)
+	p.startBackground()
 	return p, nil
 }
 
@@ -229,14 +237,25 @@ func parseTargets(targets []string, old *targetSet) (*targetSet, error) {
 }
 
 // SetTargets replaces the target list while traffic flows. New tunnels go
-// to the new set at once; tunnels open to a removed target keep running.
-// On error the old set stays in place and the error names the bad target.
+// to the new set at once. A target that stays keeps its counts and health;
+// tunnels open to a removed target keep running, or are closed with 1001
+// after WithDrainTimeout, and Stats lists it as Draining meanwhile. On error
+// the old set stays in place and the error names the bad target.
 func (p *Proxy) SetTargets(targets []string) error {
-	set, err := parseTargets(targets, p.set.Load())
+	p.lb.mu.Lock()
+	defer p.lb.mu.Unlock()
+	old := p.set.Load()
+	// A draining target that comes back keeps its live counts.
+	known := &targetSet{all: old.all}
+	for t := range p.lb.draining {
+		known.all = append(known.all[:len(known.all):len(known.all)], t)
+	}
+	set, err := parseTargets(targets, known)
 	if err != nil {
 		return err
 	}
 	p.set.Store(set)
+	p.retireLocked(old, set)
 	return nil
 }
 
@@ -288,58 +307,100 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	p.open(w, r, t, conn, resp, br)
 }
 
-// connect picks a target, dials it and performs the backend handshake. On
-// success it returns a response that is either a valid 101 or a non-101 to
-// relay; the target's open count was taken and must be given back if no
-// tunnel results.
+// connect picks a target, dials it and performs the backend handshake,
+// trying other targets (WithRetry) when that fails: all of it happens
+// before the client got a byte. On success it returns a response that is
+// either a valid 101 or a non-101 to relay; the target's open count was
+// taken and must be given back if no tunnel results.
 func (p *Proxy) connect(r *http.Request) (*Target, net.Conn, *http.Response, *bufioReader, error) {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	stop := context.AfterFunc(p.ctx, cancel)
 	defer stop()
 
-	t, err := p.pick(r)
-	if err != nil {
-		return nil, nil, nil, nil, err
+	lb := &p.cfg.lb
+	start := time.Now()
+	var (
+		tried   []*Target
+		lastErr error
+	)
+	for try := 1; ; try++ {
+		t, err := p.pick(r, tried)
+		if err != nil {
+			if lastErr != nil {
+				// Every target left failed this request: say why the last did.
+				return nil, nil, nil, nil, lastErr
+			}
+			return nil, nil, nil, nil, err
+		}
+		last := try >= lb.tries || (lb.retryTotal > 0 && time.Since(start) >= lb.retryTotal)
+		conn, resp, br, err := p.attempt(ctx, r, t)
+		switch {
+		case err == nil && resp.StatusCode >= 500 && lb.retry5xx && !last:
+			resp.Body.Close()
+			putReader(br)
+			conn.Close()
+			t.open.Add(-1)
+			err = &BackendError{Target: t.raw, Op: "upgrade", Status: resp.StatusCode,
+				Err: fmt.Errorf("%w: status %d", ErrUpgradeRefused, resp.StatusCode)}
+			p.reportFailure(t, err)
+		case err == nil:
+			t.health.succeeded()
+			return t, conn, resp, br, nil
+		case errors.Is(err, ErrRewrite) || ctx.Err() != nil:
+			// Not the backend's fault: the request is bad or the client left.
+			t.open.Add(-1)
+			t.health.released()
+			return nil, nil, nil, nil, err
+		default:
+			t.open.Add(-1)
+			p.reportFailure(t, err)
+		}
+		if last {
+			return nil, nil, nil, nil, err
+		}
+		lastErr = err
+		tried = append(tried, t)
 	}
-	fail := func(err error) (*Target, net.Conn, *http.Response, *bufioReader, error) {
-		t.open.Add(-1)
-		t.stats.failures.Add(1)
-		p.failures.Add(1)
-		return nil, nil, nil, nil, err
-	}
+}
+
+// attempt dials t and performs the backend handshake. On success the
+// response is a valid 101 or a non-101 to relay.
+func (p *Proxy) attempt(ctx context.Context, r *http.Request, t *Target) (net.Conn, *http.Response, *bufioReader, error) {
 	req, err := p.newBackendRequest(r, t)
 	if err != nil {
-		t.open.Add(-1)
-		return nil, nil, nil, nil, err
+		return nil, nil, nil, err
 	}
 	conn, err := p.dial(ctx, t)
 	if err != nil {
-		return fail(err)
+		return nil, nil, nil, err
 	}
 	resp, br, err := p.backendHandshake(ctx, conn, t, req)
 	if err != nil {
 		conn.Close()
-		return fail(err)
+		return nil, nil, nil, err
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols || resp.StatusCode < 200 {
 		if err := checkUpgradeResponse(resp, req); err != nil {
 			putReader(br)
 			conn.Close()
-			return fail(&BackendError{Target: t.raw, Op: "upgrade", Err: err})
+			return nil, nil, nil, &BackendError{Target: t.raw, Op: "upgrade", Err: err}
 		}
 	}
-	return t, conn, resp, br, nil
+	return conn, resp, br, nil
 }
 
-// pick chooses a target among those that can take a tunnel now and takes
-// one of its connection slots.
-func (p *Proxy) pick(r *http.Request) (*Target, error) {
+// pick chooses a target among those that can take a tunnel now: healthy
+// (or due for a trial after a cool-down), under its cap, not removed and
+// not yet tried by this request; backups only when no primary is left. It
+// takes one of the target's connection slots.
+func (p *Proxy) pick(r *http.Request, tried []*Target) (*Target, error) {
 	set := p.set.Load()
+	now := time.Now().UnixNano()
 	for _, group := range [][]*Target{set.primary, set.backup} {
 		cands := make([]*Target, 0, len(group))
 		for _, t := range group {
-			if !t.full() {
+			if !t.full() && t.health.available(now) && !slices.Contains(tried, t) {
 				cands = append(cands, t)
 			}
 		}
@@ -348,10 +409,17 @@ func (p *Proxy) pick(r *http.Request) (*Target, error) {
 			if t == nil {
 				return nil, ErrNoTargetAvailable
 			}
-			if t.tryAcquire() {
-				return t, nil
+			if t.health.claim() {
+				if t.tryAcquire() {
+					if !t.removed.Load() {
+						return t, nil
+					}
+					t.open.Add(-1) // SetTargets removed it meanwhile
+				}
+				t.health.released()
 			}
-			// It filled up since the list was made: choose again without it.
+			// It filled up, went on trial or was removed since the list
+			// was made: choose again without it.
 			cands = removeTarget(cands, t)
 		}
 	}
@@ -438,6 +506,8 @@ func (p *Proxy) reject(w http.ResponseWriter, r *http.Request, err error) {
 	p.rejected.Add(1)
 	p.notifyReject(r, err)
 	h := w.Header()
+	// The client may already have sent frames behind its upgrade request;
+	// they must never be read as a next HTTP request.
 	h.Set("Connection", "close")
 	switch {
 	case errors.Is(err, ErrBadVersion):
@@ -561,6 +631,7 @@ func (p *Proxy) checkDrainedLocked() {
 // than once, and together with http.Server.Shutdown, which does not see
 // hijacked connections.
 func (p *Proxy) Shutdown(ctx context.Context) error {
+	p.stopBackground()
 	p.mu.Lock()
 	if p.state == running {
 		p.state = shuttingDown
@@ -588,6 +659,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 // Close closes every tunnel and aborts every handshake at once, without
 // close frames, and waits until their goroutines are gone.
 func (p *Proxy) Close() error {
+	p.stopBackground()
 	p.mu.Lock()
 	p.state = closed
 	if p.drained == nil {
@@ -626,9 +698,11 @@ func (p *Proxy) Stats() Stats {
 		Failures: p.failures.Load(),
 	}
 	live := make(map[*Target]*TargetStats)
-	set := p.set.Load()
-	s.Targets = make([]TargetStats, len(set.all))
-	for i, t := range set.all {
+	all := p.set.Load().all
+	draining := p.drainingTargets()
+	all = append(all[:len(all):len(all)], draining...)
+	s.Targets = make([]TargetStats, len(all))
+	for i, t := range all {
 		s.Targets[i] = TargetStats{
 			Target:          t.raw,
 			Open:            t.Open(),
@@ -637,7 +711,8 @@ func (p *Proxy) Stats() Stats {
 			ClientToBackend: Traffic{Bytes: t.stats.bytesIn.Load(), Messages: t.stats.msgsIn.Load()},
 			BackendToClient: Traffic{Bytes: t.stats.bytesOut.Load(), Messages: t.stats.msgsOut.Load()},
 			Backup:          t.Backup,
-			Healthy:         true,
+			Healthy:         t.health.healthy(),
+			Draining:        i >= len(all)-len(draining),
 		}
 		live[t] = &s.Targets[i]
 	}
