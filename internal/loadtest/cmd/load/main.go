@@ -27,6 +27,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"slices"
 	"sync"
@@ -75,6 +76,8 @@ type config struct {
 	warmup   time.Duration
 	settle   time.Duration
 	pids     string
+	// idle: fetched while the connections are open, e.g. a heap profile
+	profileURL, profileOut string
 }
 
 func main() {
@@ -91,6 +94,8 @@ func main() {
 	flag.DurationVar(&cfg.warmup, "warmup", time.Second, "unmeasured time before it")
 	flag.DurationVar(&cfg.settle, "settle", 3*time.Second, "idle: wait after opening before measuring memory")
 	flag.StringVar(&cfg.pids, "pid", "", "idle: comma-separated pids whose memory is summed")
+	flag.StringVar(&cfg.profileURL, "profile-url", "", "idle: URL fetched while the connections are open (a pprof endpoint)")
+	flag.StringVar(&cfg.profileOut, "profile-out", "", "idle: file the -profile-url answer is written to")
 	flag.Parse()
 
 	defaults := map[string][2]int{"echo": {50, 128}, "latency": {1, 128}, "bulk": {4, 64 << 10}, "handshake": {8, 0}, "idle": {5000, 128}}
@@ -482,6 +487,11 @@ func runIdle(cfg config, res *Result) error {
 	if err != nil {
 		return err
 	}
+	if cfg.profileURL != "" {
+		if err := fetch(cfg.profileURL, cfg.profileOut); err != nil {
+			e.add(fmt.Errorf("profile: %w", err))
+		}
+	}
 	res.Echoed = echoAll(conns, cfg.size, &e)
 	time.Sleep(cfg.settle)
 	echoed, err := memory(pids)
@@ -503,6 +513,26 @@ func runIdle(cfg config, res *Result) error {
 	}
 	e.fill(res)
 	return nil
+}
+
+func fetch(url, path string) error {
+	resp, err := http.Get(url)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
 }
 
 // echoAll checks that every connection echoes one message and returns how
