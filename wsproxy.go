@@ -261,6 +261,10 @@ func (p *Proxy) SetTargets(targets []string) error {
 
 // ServeHTTP proxies one WebSocket upgrade request.
 func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.Method == http.MethodConnect && r.ProtoMajor == 2 {
+		p.serveH2(w, r) // RFC 8441, see h2.go
+		return
+	}
 	switch classify(r) {
 	case notUpgrade:
 		p.serveFallback(w, r)
@@ -512,7 +516,8 @@ func (p *Proxy) reject(w http.ResponseWriter, r *http.Request, err error) {
 	switch {
 	case errors.Is(err, ErrBadVersion):
 		h["Sec-WebSocket-Version"] = []string{"13"}
-	case errors.Is(err, ErrNotWebSocket):
+	case errors.Is(err, ErrNotWebSocket) && r.ProtoMajor == 1:
+		// Upgrade and Connection are forbidden in HTTP/2 responses.
 		h.Set("Upgrade", "websocket")
 		h.Set("Connection", "Upgrade")
 	case errors.Is(err, ErrShuttingDown), errors.Is(err, ErrNoTargetAvailable), errors.Is(err, ErrTooManyTunnels):
