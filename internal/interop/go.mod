@@ -1,0 +1,16 @@
+module github.com/wsproxy/wsproxy/internal/interop
+
+go 1.26
+
+require (
+	github.com/coder/websocket v1.8.15
+	github.com/gobwas/httphead v0.1.0
+	github.com/gobwas/ws v1.5.0
+	github.com/gorilla/websocket v1.5.3
+	github.com/wsproxy/wsproxy v0.0.0
+	golang.org/x/net v0.58.0
+)
+
+require golang.org/x/text v0.41.0 // indirect
+
+replace github.com/wsproxy/wsproxy => ../..
