@@ -7,10 +7,14 @@ require (
 	github.com/gobwas/httphead v0.1.0
 	github.com/gobwas/ws v1.5.0
 	github.com/gorilla/websocket v1.5.3
+	github.com/stretchr/testify v1.12.1
 	github.com/wsproxy/wsproxy v0.0.0
 	golang.org/x/net v0.58.0
 )
 
-require golang.org/x/text v0.41.0 // indirect
+require (
+	go.yaml.in/yaml/v3 v3.0.5 // indirect
+	golang.org/x/text v0.41.0 // indirect
+)
 
 replace github.com/wsproxy/wsproxy => ../..

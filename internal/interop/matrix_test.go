@@ -83,6 +83,9 @@ func record(client, backend, cell string, extra ...string) {
 
 func TestMain(m *testing.M) {
 	code := m.Run()
+	if theBrowser != nil {
+		theBrowser.stop()
+	}
 	printMatrix(os.Stdout)
 	os.Exit(code)
 }
@@ -365,8 +368,7 @@ var (
 	browserErr  error
 )
 
-// getBrowser starts Chromium on first use; stopBrowser (from TestMain's
-// caller, via t.Cleanup of the first user) ends it.
+// getBrowser starts Chromium on first use; TestMain stops it.
 func getBrowser(t *testing.T) (*browser, error) {
 	browserOnce.Do(func() {
 		if browserErr = need(chromiumDeps()...); browserErr != nil {
@@ -481,11 +483,6 @@ func allChecks() []string {
 }
 
 func TestMatrix(t *testing.T) {
-	t.Cleanup(func() {
-		if theBrowser != nil {
-			theBrowser.stop()
-		}
-	})
 	running := map[string]*backend{}
 	startErr := map[string]error{}
 	for _, bs := range backends {

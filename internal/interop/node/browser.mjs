@@ -3,7 +3,9 @@
 // each with one JSON line:
 //   {"op":"checks","page":URL,"opts":{...}}  -> {"results":[...]} (checks.mjs in the page)
 //   {"op":"run","page":URL,"timeout":ms}     -> {"result":window.testResult} once the page sets it
-//   {"op":"screenshot","page":URL,"path":P}  -> {"ok":true}
+//   {"op":"screenshot","page":URL,"path":P,"waitFor":JS,"chat":[{"input":SEL,"text":T}]}
+//        -> {"ok":true}; each chat entry opens one more tab, waits for waitFor,
+//           types T into SEL and presses Enter; the first tab is photographed.
 // Errors are answered {"error":"..."}. It exits when stdin closes.
 import { createInterface } from 'node:readline';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -39,8 +41,23 @@ async function handle(cmd) {
       return { result: await page.evaluate(() => window.testResult) };
     }
     if (cmd.op === 'screenshot') {
-      if (cmd.waitFor) await page.waitForFunction(cmd.waitFor, null, { timeout: 10000 });
-      await page.screenshot({ path: cmd.path });
+      const tabs = [page];
+      for (let i = 1; i < (cmd.chat || []).length; i++) {
+        const p = await context.newPage();
+        await p.goto(cmd.page);
+        tabs.push(p);
+      }
+      try {
+        for (const [i, step] of (cmd.chat || []).entries()) {
+          if (cmd.waitFor) await tabs[i].waitForFunction(cmd.waitFor, null, { timeout: 10000 });
+          await tabs[i].fill(step.input, step.text);
+          await tabs[i].press(step.input, 'Enter');
+        }
+        await page.waitForTimeout(cmd.settle || 0);
+        await page.screenshot({ path: cmd.path });
+      } finally {
+        for (const p of tabs.slice(1)) await p.close();
+      }
       return { ok: true };
     }
     return { error: `unknown op ${cmd.op}` };
