@@ -543,14 +543,14 @@ func (p *pump) writePending() {
 }
 
 func (p *pump) writeLocked(frame []byte, isClose bool) {
+	// Stamp a ping before writing it: its pong may be read before Write
+	// returns, and must count as an answer.
+	if !isClose {
+		p.pingSent.Store(time.Now().UnixNano())
+	}
 	n, err := p.dst.Write(frame)
 	p.bytes.Add(int64(n))
-	if err != nil {
-		return
-	}
-	if isClose {
+	if err == nil && isClose {
 		p.sentClose.Store(true)
-	} else {
-		p.pingSent.Store(time.Now().UnixNano())
 	}
 }

@@ -6,6 +6,7 @@ package wstest
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha1"
@@ -48,6 +49,21 @@ type Conn struct {
 	wmu    sync.Mutex
 	// Resp is the server's handshake response (client side only).
 	Resp *http.Response
+}
+
+// LockWrites holds back every other write (close replies included) until
+// UnlockWrites, as a real implementation does while it is in the middle of
+// a frame. Use Conn.Conn.Write to write while holding it.
+func (c *Conn) LockWrites() { c.wmu.Lock() }
+
+// UnlockWrites ends LockWrites.
+func (c *Conn) UnlockWrites() { c.wmu.Unlock() }
+
+// Buffered returns a reader of the bytes read from the connection but not
+// yet consumed as frames.
+func (c *Conn) Buffered() io.Reader {
+	b, _ := c.br.Peek(c.br.Buffered())
+	return bytes.NewReader(b)
 }
 
 // NewConn wraps an established connection. br may hold bytes already read.

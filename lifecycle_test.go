@@ -1,0 +1,490 @@
+package wsproxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wsproxy/wsproxy/internal/wsframe"
+	"github.com/wsproxy/wsproxy/internal/wstest"
+)
+
+// closeRecorder is a backend that runs script on each connection and then
+// reports how the connection ended: the close code it received, or -1.
+func closeRecorder(t *testing.T, script func(c *wstest.Conn)) (string, chan int) {
+	codes := make(chan int, 512)
+	url := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := wstest.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if script != nil {
+			script(c)
+		}
+		for {
+			_, _, err := c.ReadMessage()
+			var ce *wstest.CloseError
+			if errors.As(err, &ce) {
+				codes <- ce.Code
+				return
+			}
+			if err != nil {
+				codes <- -1
+				return
+			}
+		}
+	}))
+	return url, codes
+}
+
+// readClose reads until a close frame or an error; it returns the close
+// code, or -1 when the connection ended without one.
+func readClose(c *wstest.Conn) int {
+	for {
+		_, _, err := c.ReadMessage()
+		var ce *wstest.CloseError
+		if errors.As(err, &ce) {
+			return ce.Code
+		}
+		if err != nil {
+			return -1
+		}
+	}
+}
+
+func closeInfoHook() (Option, chan CloseInfo) {
+	ch := make(chan CloseInfo, 512)
+	return WithHooks(Hooks{OnClose: func(ci CloseInfo) { ch <- ci }}), ch
+}
+
+func TestIdleTimeout(t *testing.T) {
+	t.Parallel()
+	const idle = 150 * time.Millisecond
+	tests := []struct {
+		name     string
+		traffic  func(c *wstest.Conn, stop <-chan struct{}) // keeps the tunnel busy until stop
+		opts     []Option
+		wantIdle bool
+	}{
+		{name: "no traffic", wantIdle: true},
+		{name: "client messages", traffic: every(30*time.Millisecond, func(c *wstest.Conn) error {
+			return c.WriteMessage(wsframe.OpText, []byte("tick"))
+		})},
+		{name: "client pings", traffic: every(30*time.Millisecond, func(c *wstest.Conn) error {
+			return c.WriteFrame(wstest.Frame{Fin: true, Op: wsframe.OpPing, Payload: []byte("hb")})
+		})},
+		{name: "proxy pings do not count", opts: []Option{WithPingInterval(30 * time.Millisecond)}, wantIdle: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			hook, closed := closeInfoHook()
+			_, url := newProxy(t, []string{newEcho(t)}, append(tt.opts, WithIdleTimeout(idle), hook)...)
+			c := dial(t, url)
+			stop := make(chan struct{})
+			var wg sync.WaitGroup
+			if tt.traffic != nil {
+				wg.Add(1)
+				go func() { defer wg.Done(); tt.traffic(c, stop) }()
+			}
+			code := make(chan int, 1)
+			go func() { code <- readClose(c) }()
+			select {
+			case got := <-code:
+				close(stop)
+				wg.Wait()
+				require.True(t, tt.wantIdle, "closed with %d although not idle", got)
+				assert.Equal(t, wsframe.CloseGoingAway, got)
+				ci := <-closed
+				assert.Equal(t, "idle timeout", ci.Reason)
+				assert.GreaterOrEqual(t, ci.Duration, idle)
+			case <-time.After(6 * idle):
+				close(stop)
+				wg.Wait()
+				assert.False(t, tt.wantIdle, "not closed after %v idle", 6*idle)
+			}
+		})
+	}
+}
+
+// TestIdleTimeoutBackendTraffic: traffic in one direction only keeps the
+// tunnel alive: idle means idle both ways.
+func TestIdleTimeoutBackendTraffic(t *testing.T) {
+	t.Parallel()
+	backend, _ := closeRecorder(t, func(c *wstest.Conn) {
+		for range 10 {
+			if c.WriteMessage(wsframe.OpText, []byte("news")) != nil {
+				return
+			}
+			time.Sleep(30 * time.Millisecond)
+		}
+	})
+	_, url := newProxy(t, []string{backend}, WithIdleTimeout(150*time.Millisecond))
+	c := dial(t, url)
+	start := time.Now()
+	for range 10 {
+		_, msg, err := c.ReadMessage()
+		require.NoError(t, err)
+		assert.Equal(t, "news", string(msg))
+	}
+	// Once the backend stops, the idle timeout applies.
+	assert.Equal(t, wsframe.CloseGoingAway, readClose(c))
+	assert.Greater(t, time.Since(start), 300*time.Millisecond)
+}
+
+func every(d time.Duration, f func(c *wstest.Conn) error) func(*wstest.Conn, <-chan struct{}) {
+	return func(c *wstest.Conn, stop <-chan struct{}) {
+		tick := time.NewTicker(d)
+		defer tick.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-tick.C:
+				if f(c) != nil {
+					return
+				}
+			}
+		}
+	}
+}
+
+func TestMaxLifetime(t *testing.T) {
+	t.Parallel()
+	backend, backendCodes := closeRecorder(t, nil)
+	hook, closed := closeInfoHook()
+	_, url := newProxy(t, []string{backend}, WithMaxLifetime(100*time.Millisecond), hook)
+	c := dial(t, url)
+	assert.Equal(t, wsframe.CloseGoingAway, readClose(c))
+	assert.Equal(t, wsframe.CloseGoingAway, <-backendCodes)
+	ci := <-closed
+	assert.Equal(t, "max lifetime", ci.Reason)
+	assert.NoError(t, ci.Err)
+}
+
+// TestShutdownManyTunnels: 200 tunnels, some in the middle of a fragmented
+// message and some in the middle of a frame. Every client and backend gets a
+// 1001 close frame at a frame boundary; nobody sees a corrupted frame.
+func TestShutdownManyTunnels(t *testing.T) {
+	t.Parallel()
+	const n = 200
+	release := make(chan struct{})
+	var scripts atomic.Int64
+	backend, backendCodes := closeRecorder(t, func(c *wstest.Conn) {
+		switch scripts.Add(1) % 3 {
+		case 0:
+			// First fragment of a message; the rest never comes.
+			c.WriteFrame(wstest.Frame{Op: wsframe.OpText, Payload: []byte("frag-1")})
+		case 1:
+			// Half of a 1000-byte frame; the other half comes after the
+			// proxy asked to close: the close must wait for it.
+			frame := wstest.AppendFrame(nil, wstest.Frame{Fin: true, Op: wsframe.OpBinary, Payload: make([]byte, 1000)}, false)
+			c.LockWrites()
+			c.Conn.Write(frame[:500])
+			go func() {
+				defer c.UnlockWrites()
+				<-release
+				c.Conn.Write(frame[500:])
+			}()
+		}
+	})
+	p, url := newProxy(t, []string{backend}, WithCloseTimeout(5*time.Second))
+	clients := make([]*wstest.Conn, n)
+	for i := range clients {
+		clients[i] = dial(t, url)
+	}
+	require.Eventually(t, func() bool { return scripts.Load() == n }, 5*time.Second, 5*time.Millisecond)
+	require.Eventually(t, func() bool { return p.Stats().Open == n }, 5*time.Second, 5*time.Millisecond)
+
+	type result struct {
+		frames []wstest.Frame
+		err    error
+	}
+	results := make(chan result, n)
+	for _, c := range clients {
+		go func() {
+			var r result
+			for {
+				f, err := c.ReadFrame()
+				if err != nil {
+					r.err = err
+					break
+				}
+				r.frames = append(r.frames, f)
+				if f.Op == wsframe.OpClose {
+					c.WriteFrame(f) // answer, as a client does
+					break
+				}
+			}
+			results <- r
+		}()
+	}
+	shutdownDone := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		shutdownDone <- p.Shutdown(ctx)
+	}()
+	time.Sleep(50 * time.Millisecond)
+	close(release) // the half-sent frames complete now
+
+	for range n {
+		r := <-results
+		require.NoError(t, r.err)
+		last := r.frames[len(r.frames)-1]
+		require.Equal(t, byte(wsframe.OpClose), last.Op)
+		code, _ := wsframe.ParseClose(last.Payload)
+		assert.Equal(t, uint16(wsframe.CloseGoingAway), code)
+		for _, f := range r.frames[:len(r.frames)-1] {
+			switch f.Op {
+			case wsframe.OpText:
+				assert.Equal(t, wstest.Frame{Op: wsframe.OpText, Payload: []byte("frag-1")}, f)
+			case wsframe.OpBinary:
+				assert.Equal(t, wstest.Frame{Fin: true, Op: wsframe.OpBinary, Payload: make([]byte, 1000)}, f)
+			default:
+				t.Errorf("unexpected frame %+v", f)
+			}
+		}
+	}
+	for range n {
+		assert.Equal(t, wsframe.CloseGoingAway, <-backendCodes)
+	}
+	select {
+	case err := <-shutdownDone:
+		assert.NoError(t, err)
+	case <-time.After(15 * time.Second):
+		t.Fatal("Shutdown did not return")
+	}
+	assert.Equal(t, 0, p.Stats().Open)
+}
+
+// TestShutdownStalledMidFrame: a backend that stops in the middle of a
+// frame cannot get a close frame in; the tunnel is cut after the close
+// timeout and Shutdown still returns.
+func TestShutdownStalledMidFrame(t *testing.T) {
+	t.Parallel()
+	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := wstest.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		frame := wstest.AppendFrame(nil, wstest.Frame{Fin: true, Op: wsframe.OpBinary, Payload: make([]byte, 100)}, false)
+		c.Write(frame[:50])
+		io.Copy(io.Discard, c.Conn) // stalls, never finishing the frame
+	}))
+	p, url := newProxy(t, []string{backend}, WithCloseTimeout(100*time.Millisecond))
+	c := dial(t, url)
+	require.Eventually(t, func() bool { return p.Stats().BackendToClient.Bytes == 50 }, 5*time.Second, 5*time.Millisecond)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	require.NoError(t, p.Shutdown(ctx))
+	// The client got the 50 bytes, then the connection ended: no close
+	// frame was spliced into the frame.
+	got, err := io.ReadAll(io.MultiReader(c.Buffered(), c.Conn))
+	assert.NoError(t, err)
+	assert.Len(t, got, 50)
+}
+
+func TestKeepalive(t *testing.T) {
+	t.Parallel()
+	t.Run("dead backend", func(t *testing.T) {
+		t.Parallel()
+		// A backend that completes the handshake and then never writes
+		// again: it answers no ping.
+		stuck := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			c, err := wstest.Upgrade(w, r, nil)
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			io.Copy(io.Discard, c.Conn)
+		}))
+		hook, closed := closeInfoHook()
+		_, url := newProxy(t, []string{stuck}, WithPingInterval(50*time.Millisecond), hook)
+		c := dial(t, url)
+		start := time.Now()
+		assert.Equal(t, wsframe.CloseInternalError, readClose(c))
+		assert.Less(t, time.Since(start), 2*time.Second)
+		assert.Equal(t, "backend not responding", (<-closed).Reason)
+	})
+	t.Run("dead client", func(t *testing.T) {
+		t.Parallel()
+		backend, codes := closeRecorder(t, nil)
+		_, url := newProxy(t, []string{backend}, WithPingInterval(50*time.Millisecond))
+		c := dial(t, url)
+		_ = c // never reads, so never answers a ping
+		select {
+		case code := <-codes:
+			assert.Equal(t, wsframe.CloseGoingAway, code)
+		case <-time.After(3 * time.Second):
+			t.Fatal("dead client not detected")
+		}
+	})
+	t.Run("proxy pongs are consumed", func(t *testing.T) {
+		t.Parallel()
+		_, url := newProxy(t, []string{newEcho(t)}, WithPingInterval(20*time.Millisecond))
+		c := dial(t, url)
+		var pings, pongs, echoes int
+		deadline := time.Now().Add(300 * time.Millisecond)
+		require.NoError(t, c.WriteFrame(wstest.Frame{Fin: true, Op: wsframe.OpPing, Payload: []byte("mine")}))
+		for time.Now().Before(deadline) {
+			require.NoError(t, c.WriteMessage(wsframe.OpText, []byte("x")))
+			f, err := c.ReadFrame()
+			require.NoError(t, err)
+			switch f.Op {
+			case wsframe.OpPing:
+				pings++
+				c.WriteFrame(wstest.Frame{Fin: true, Op: wsframe.OpPong, Payload: f.Payload})
+			case wsframe.OpPong:
+				pongs++
+				assert.Equal(t, "mine", string(f.Payload), "only the pong to the client's own ping")
+			case wsframe.OpText:
+				echoes++
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		assert.Positive(t, pings, "the proxy pings the client")
+		assert.Equal(t, 1, pongs)
+		assert.Positive(t, echoes)
+	})
+}
+
+// TestExactCounts: the close hook reports exactly the bytes each side read
+// and the messages and close codes each side sent.
+func TestExactCounts(t *testing.T) {
+	t.Parallel()
+	hook, closed := closeInfoHook()
+	p, url := newProxy(t, []string{newEcho(t)}, hook)
+	c := dial(t, url)
+	sizes := []int{0, 10, 200, 70_000}
+	var up, down int64
+	for _, n := range sizes {
+		require.NoError(t, c.WriteMessage(wsframe.OpBinary, make([]byte, n)))
+		up += int64(frameLen(n, true))
+	}
+	// One message in two fragments.
+	require.NoError(t, c.WriteFrame(wstest.Frame{Op: wsframe.OpText, Payload: []byte("ab")}))
+	require.NoError(t, c.WriteFrame(wstest.Frame{Fin: true, Op: wsframe.OpContinuation, Payload: []byte("c")}))
+	up += int64(frameLen(2, true) + frameLen(1, true))
+	for range len(sizes) + 2 {
+		f, err := c.ReadFrame()
+		require.NoError(t, err)
+		down += int64(frameLen(len(f.Payload), false))
+	}
+	assert.Equal(t, up, p.Stats().ClientToBackend.Bytes)
+	require.NoError(t, c.WriteClose(1000, "done"))
+	up += int64(frameLen(6, true))
+	f, err := c.ReadFrame()
+	require.NoError(t, err)
+	require.Equal(t, byte(wsframe.OpClose), f.Op)
+	down += int64(frameLen(len(f.Payload), false))
+	ci := <-closed
+	assert.Equal(t, Traffic{Bytes: up, Messages: int64(len(sizes) + 1), CloseCode: 1000}, ci.ClientToBackend)
+	assert.Equal(t, Traffic{Bytes: down, Messages: int64(len(sizes) + 1), CloseCode: 1000}, ci.BackendToClient)
+	assert.NoError(t, ci.Err)
+	s := p.Stats()
+	assert.Equal(t, ci.ClientToBackend.Bytes, s.ClientToBackend.Bytes)
+	assert.Equal(t, ci.BackendToClient.Messages, s.Targets[0].BackendToClient.Messages)
+}
+
+func frameLen(payload int, masked bool) int {
+	n := 2 + payload
+	switch {
+	case payload > 0xffff:
+		n += 8
+	case payload >= 126:
+		n += 2
+	}
+	if masked {
+		n += 4
+	}
+	return n
+}
+
+func TestStatsMatchOpenTunnels(t *testing.T) {
+	t.Parallel()
+	a, b := newEcho(t), newEcho(t)
+	p, url := newProxy(t, []string{a, b})
+	var conns []*wstest.Conn
+	for range 6 {
+		conns = append(conns, dial(t, url))
+	}
+	s := p.Stats()
+	assert.Equal(t, 6, s.Open)
+	assert.Equal(t, int64(6), s.Total)
+	assert.Equal(t, 3, s.Targets[0].Open)
+	assert.Equal(t, 3, s.Targets[1].Open)
+	for _, c := range conns[:4] {
+		c.WriteClose(1000, "")
+		readClose(c)
+		c.Close()
+	}
+	require.Eventually(t, func() bool { return p.Stats().Open == 2 }, 5*time.Second, 5*time.Millisecond)
+	s = p.Stats()
+	assert.Equal(t, 2, s.Targets[0].Open+s.Targets[1].Open)
+	assert.Equal(t, int64(6), s.Targets[0].Total+s.Targets[1].Total)
+}
+
+func TestHalfCloseTimeout(t *testing.T) {
+	t.Parallel()
+	// A backend that never closes its side.
+	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := wstest.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		io.Copy(io.Discard, c.Conn)
+		time.Sleep(time.Second) // then hold its side open; the proxy cuts it first
+	}))
+	hook, closed := closeInfoHook()
+	_, url := newProxy(t, []string{backend}, WithHalfCloseTimeout(100*time.Millisecond), hook)
+	c := dial(t, url)
+	require.NoError(t, c.Conn.(*net.TCPConn).CloseWrite())
+	start := time.Now()
+	_, err := c.ReadFrame()
+	assert.Error(t, err)
+	assert.Less(t, time.Since(start), 2*time.Second)
+	assert.Equal(t, "half-close timeout", (<-closed).Reason)
+}
+
+func TestMaxMessageSize(t *testing.T) {
+	t.Parallel()
+	backend, codes := closeRecorder(t, nil)
+	hook, closed := closeInfoHook()
+	_, url := newProxy(t, []string{backend}, WithMaxMessageSize(1000), hook)
+	c := dial(t, url)
+	require.NoError(t, c.WriteMessage(wsframe.OpText, make([]byte, 1000)))
+	// Fragments add up: 600 + 600 is over the limit.
+	require.NoError(t, c.WriteFrame(wstest.Frame{Op: wsframe.OpBinary, Payload: make([]byte, 600)}))
+	require.NoError(t, c.WriteFrame(wstest.Frame{Fin: true, Op: wsframe.OpContinuation, Payload: make([]byte, 600)}))
+	assert.Equal(t, wsframe.CloseMessageTooBig, readClose(c))
+	assert.Equal(t, wsframe.CloseMessageTooBig, <-codes)
+	ci := <-closed
+	assert.Equal(t, "message too big", ci.Reason)
+	assert.Equal(t, int64(1), ci.ClientToBackend.Messages, "the message within the limit passed")
+}
+
+// TestProtocolErrorCloses: an unmasked frame from a client breaks RFC 6455
+// §5.1; both sides get 1002.
+func TestProtocolErrorCloses(t *testing.T) {
+	t.Parallel()
+	backend, codes := closeRecorder(t, nil)
+	_, url := newProxy(t, []string{backend})
+	c := dial(t, url)
+	_, err := c.Conn.Write(wstest.AppendFrame(nil, wstest.Frame{Fin: true, Op: wsframe.OpText, Payload: []byte("bare")}, false))
+	require.NoError(t, err)
+	assert.Equal(t, wsframe.CloseProtocolError, readClose(c))
+	assert.Equal(t, wsframe.CloseProtocolError, <-codes)
+}
