@@ -83,6 +83,45 @@
 // bound slow handshakes from clients; its ReadTimeout and WriteTimeout are
 // cleared on hijacked connections so they never cut a tunnel.
 //
+// # Load balancing
+//
+// A WebSocket is one request that lasts hours, so the count of requests
+// says little about a backend's load; the count of open tunnels does.
+// WithBalancer picks the policy:
+//
+//   - RoundRobin (the default): smooth weighted round robin. Even when
+//     tunnels live about as long as each other.
+//   - LeastConn: the fewest open tunnels per unit of weight. Best after a
+//     deploy or a scale-out, when a new target has none and the old ones
+//     hold thousands: new tunnels go to the new one until it caught up.
+//   - PowerOfTwo: the less loaded of two random targets. Nearly as even as
+//     LeastConn, and many proxy replicas starting at once do not all pile
+//     onto the same empty target.
+//   - ConsistentHash(key): the same key (ClientIPKey, HeaderKey, CookieKey,
+//     QueryKey) always reaches the same target, for backends that keep a
+//     room or a session in memory. Rendezvous hashing with bounded loads
+//     (WithLoadFactor): replicas agree without sharing state, and a change
+//     of N targets moves about 1/N of the keys.
+//
+// Whatever the policy, the proxy enforces the rest. Target parameters set
+// weight=N, max_conns=N (a full target is skipped; when all are, the client
+// gets 503) and backup (used only when no primary can take the tunnel).
+// Passive health (WithPassiveHealth, nginx max_fails=1 fail_timeout=10s)
+// takes a target whose dial or handshake failed out of rotation for a
+// cool-down, after which one request tries it again; WithHealthCheck adds
+// active probes with a real WebSocket handshake. A failed dial or backend
+// handshake is retried on another target (WithRetry, 3 tries), which is
+// safe because the client has received nothing yet; a backend's own
+// non-101 answer is relayed, not retried. SetTargets and WithDiscovery (DNS
+// A/AAAA or SRV records, or any Resolver) change the targets while traffic
+// flows: tunnels to a removed target keep running, or are closed with 1001
+// after WithDrainTimeout. Stats reports open tunnels, failures, health and
+// draining per target.
+//
+// Balancing happens once per tunnel. To rebalance long-lived connections
+// after a scale-out, WithMaxLifetime closes them politely over time and
+// clients reconnect to where the policy sends them.
+//
 // # Shutdown
 //
 // http.Server.Shutdown does not see hijacked connections, so call
@@ -130,6 +169,8 @@ type Proxy struct {
 	inflight int // handshakes in progress
 	state    proxyState
 	drained  chan struct{} // closed when nothing is open after Shutdown began
+
+	limits limiter // admission caps and rates (limits.go)
 
 	total, rejected, failures atomic.Int64
 	closedUp, closedDown      trafficCounters
@@ -281,6 +322,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.reject(w, r, err)
 		return
 	}
+	slot, err := p.admit(r)
+	if err != nil {
+		p.reject(w, r, err)
+		return
+	}
+	defer slot.release() // unless the tunnel took it over
 	if !canHijack(w) {
 		p.reject(w, r, ErrNotHijackable)
 		return
@@ -308,7 +355,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			Err: fmt.Errorf("%w: status %d", ErrUpgradeRefused, resp.StatusCode)})
 		return
 	}
-	p.open(w, r, t, conn, resp, br)
+	p.open(w, r, t, conn, resp, br, slot)
 }
 
 // connect picks a target, dials it and performs the backend handshake,
@@ -440,7 +487,7 @@ func removeTarget(ts []*Target, t *Target) []*Target {
 }
 
 // open hijacks the client connection, answers 101 and starts the tunnel.
-func (p *Proxy) open(w http.ResponseWriter, r *http.Request, t *Target, back net.Conn, resp *http.Response, br *bufioReader) {
+func (p *Proxy) open(w http.ResponseWriter, r *http.Request, t *Target, back net.Conn, resp *http.Response, br *bufioReader, slot *admission) {
 	backBuf := buffered(br)
 	putReader(br)
 	back.SetDeadline(time.Time{})
@@ -472,6 +519,7 @@ func (p *Proxy) open(w http.ResponseWriter, r *http.Request, t *Target, back net
 		Start:       time.Now(),
 	}
 	tn := newTunnel(p, t, client, clientBuf, back, backBuf, info)
+	tn.slot = slot.handOver()
 	p.total.Add(1)
 	t.stats.total.Add(1)
 	shuttingDown := p.register(tn)
@@ -511,8 +559,12 @@ func (p *Proxy) reject(w http.ResponseWriter, r *http.Request, err error) {
 	p.notifyReject(r, err)
 	h := w.Header()
 	// The client may already have sent frames behind its upgrade request;
-	// they must never be read as a next HTTP request.
-	h.Set("Connection", "close")
+	// they must never be read as a next HTTP request. An HTTP/2 stream has
+	// no next request, and there the header would make Go's server send
+	// GOAWAY, ending the connection's other streams' future.
+	if r.ProtoMajor == 1 {
+		h.Set("Connection", "close")
+	}
 	switch {
 	case errors.Is(err, ErrBadVersion):
 		h["Sec-WebSocket-Version"] = []string{"13"}
@@ -520,8 +572,8 @@ func (p *Proxy) reject(w http.ResponseWriter, r *http.Request, err error) {
 		// Upgrade and Connection are forbidden in HTTP/2 responses.
 		h.Set("Upgrade", "websocket")
 		h.Set("Connection", "Upgrade")
-	case errors.Is(err, ErrShuttingDown), errors.Is(err, ErrNoTargetAvailable), errors.Is(err, ErrTooManyTunnels):
-		h.Set("Retry-After", "1")
+	case errors.Is(err, ErrShuttingDown), errors.Is(err, ErrNoTargetAvailable), errors.Is(err, ErrTooManyTunnels), errors.Is(err, ErrRateLimited):
+		h.Set("Retry-After", retryAfter(err))
 	}
 	if p.cfg.errorHandler != nil {
 		p.cfg.errorHandler(w, r, err)
@@ -590,6 +642,7 @@ func (p *Proxy) register(tn *tunnel) bool {
 
 // tunnelClosed settles a finished tunnel's counts and tells the hooks.
 func (p *Proxy) tunnelClosed(tn *tunnel, info CloseInfo) {
+	tn.slot.release()
 	t := tn.target
 	t.open.Add(-1)
 	t.stats.bytesIn.Add(info.ClientToBackend.Bytes)
