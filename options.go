@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -50,6 +51,12 @@ type config struct {
 	closeTimeout     time.Duration
 	halfCloseTimeout time.Duration
 	maxMessageSize   int64
+
+	// Admission limits (limits.go).
+	maxTunnels      int
+	maxTunnelsPerIP int
+	handshakeRate   float64 // tokens a second per client; 0 is off
+	handshakeBurst  int
 
 	errs []error
 }
@@ -369,5 +376,61 @@ func WithBalancer(b Balancer) Option {
 			return
 		}
 		c.balancer = b
+	})
+}
+
+// WithMaxTunnels caps the tunnels open at once, handshakes in progress
+// included. An upgrade over the cap is refused with 503 and Retry-After
+// before any backend is dialled (ErrTooManyTunnels). Each tunnel holds two
+// file descriptors, so half the process's descriptor limit minus some room
+// is a sound upper bound.
+// Default: 0, no cap: the right number depends on the machine, and the
+// per-target caps (Target.MaxConns) still apply.
+func WithMaxTunnels(n int) Option {
+	return countOption("WithMaxTunnels", n, func(c *config) { c.maxTunnels = n })
+}
+
+func countOption(name string, n int, set func(*config)) Option {
+	return optionFunc(func(c *config) {
+		if n < 0 {
+			c.errorf(name, "negative count %d", n)
+			return
+		}
+		set(c)
+	})
+}
+
+// WithMaxTunnelsPerIP caps the tunnels one client may hold open at once,
+// handshakes in progress included; a client is an IPv4 address or an IPv6
+// /64, after WithTrustedProxies. An upgrade over the cap is refused with 503
+// and Retry-After (ErrTooManyTunnels). For a proxy that faces the internet
+// directly, a few hundred leaves room for offices behind one NAT address
+// while keeping one host from taking every descriptor.
+// Default: 0, no cap. A default cap would be a trap behind a load balancer
+// that is not listed in WithTrustedProxies: every client would then share
+// its address, and the cap would silently become a global one.
+func WithMaxTunnelsPerIP(n int) Option {
+	return countOption("WithMaxTunnelsPerIP", n, func(c *config) { c.maxTunnelsPerIP = n })
+}
+
+// WithHandshakeRate limits how fast one client (as for WithMaxTunnelsPerIP)
+// may open tunnels: a token bucket of burst tokens refilled at perSecond.
+// A handshake without a token is refused with 429 and a Retry-After saying
+// when the next token comes (ErrRateLimited). It protects backends from
+// reconnect loops and handshake floods; 5 a second with a burst of 20 is
+// plenty for browsers. Memory stays bounded: a client's entry is dropped
+// once it has nothing open and a full bucket, and at most 65,536 clients
+// are tracked at once (new ones get 429 beyond that).
+// Default: 0, no rate limit, for the same reason as WithMaxTunnelsPerIP.
+func WithHandshakeRate(perSecond float64, burst int) Option {
+	return optionFunc(func(c *config) {
+		switch {
+		case perSecond < 0 || math.IsNaN(perSecond) || math.IsInf(perSecond, 0):
+			c.errorf("WithHandshakeRate", "rate %v is not a positive number", perSecond)
+		case perSecond > 0 && burst < 1:
+			c.errorf("WithHandshakeRate", "burst %d is less than 1", burst)
+		default:
+			c.handshakeRate, c.handshakeBurst = perSecond, burst
+		}
 	})
 }

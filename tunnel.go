@@ -42,6 +42,8 @@ type tunnel struct {
 
 	running atomic.Int32 // pumps still running
 	done    chan struct{}
+
+	slot *admission // the client's places under the limits, released at the end
 }
 
 // A pump moves one direction. It reads frames from src and writes them to

@@ -189,9 +189,15 @@ func (p *Proxy) backendHeader(r *http.Request) http.Header {
 }
 
 // setOwnHeaders sets the headers of the upgrade itself (RFC 6455 §4.1).
+// A Host or Content-Length a rewrite hook put in the header map is dropped:
+// the Host line comes from ProxyRequest.Out.Host alone, as net/http writes
+// it, and an upgrade request has no body. Either would otherwise reach the
+// backend as a second Host line or a body made of tunnel bytes. Names are
+// compared in canonical form: a hook may assign to the map directly.
 func (p *Proxy) setOwnHeaders(h http.Header, key string) {
 	for k := range h {
-		if isHopByHop(k) || slicesContains(handshakeHeaders, k) {
+		ck := textproto.CanonicalMIMEHeaderKey(k)
+		if isHopByHop(ck) || slicesContains(handshakeHeaders, ck) || ck == "Host" || ck == "Content-Length" {
 			delete(h, k)
 		}
 	}
@@ -241,10 +247,11 @@ func (p *Proxy) trustedPeer(r *http.Request) bool {
 		return false
 	}
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
-	if err != nil {
-		return false
-	}
-	a := ap.Addr().Unmap()
+	return err == nil && p.isTrusted(ap.Addr().Unmap())
+}
+
+// isTrusted reports whether a is listed by WithTrustedProxies.
+func (p *Proxy) isTrusted(a netip.Addr) bool {
 	for _, pfx := range p.cfg.trustedProxies {
 		if pfx.Contains(a) {
 			return true

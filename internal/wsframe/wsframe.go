@@ -28,8 +28,10 @@ const MaxHeaderLen = 14
 // MaxControlPayload is the largest payload a control frame may carry (§5.5).
 const MaxControlPayload = 125
 
-// MaxControlFrame is the longest control frame on the wire, masked.
-const MaxControlFrame = 2 + 4 + MaxControlPayload
+// MaxControlFrame is the longest control frame on the wire: masked and with
+// its length in the 8-byte form, which ParseHeader accepts as merely
+// non-minimal.
+const MaxControlFrame = MaxHeaderLen + MaxControlPayload
 
 // Close codes (RFC 6455 §7.4.1) the proxy sends or reports.
 const (

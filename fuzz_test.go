@@ -1,0 +1,575 @@
+package wsproxy
+
+// Fuzz targets for every parser of untrusted bytes in the proxy: the
+// client's upgrade request, the backend's response, the frame stream a pump
+// follows, and origin patterns. Each checks an invariant against a simple
+// oracle written here; scripts/fuzz.sh runs them all for a short time.
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wsproxy/wsproxy/internal/wsframe"
+	"github.com/wsproxy/wsproxy/internal/wstest"
+)
+
+// fakeConn is a net.Conn that records what is written to it.
+type fakeConn struct {
+	net.Conn // nil: only the methods below may be called
+	out      bytes.Buffer
+}
+
+func (c *fakeConn) Write(b []byte) (int, error)      { return c.out.Write(b) }
+func (c *fakeConn) Close() error                     { return nil }
+func (c *fakeConn) SetReadDeadline(time.Time) error  { return nil }
+func (c *fakeConn) SetWriteDeadline(time.Time) error { return nil }
+func (c *fakeConn) SetDeadline(time.Time) error      { return nil }
+
+// fuzzPingID is the tunnel's ping id in FuzzFrameTracker, so that inputs can
+// contain the proxy's own pongs, which it must take out of the stream.
+const fuzzPingID = 0x77737078
+
+// refFrame is a frame as the reference tracker sees it.
+type refFrame struct {
+	start, hdr int
+	length     uint64
+	data       bool
+}
+
+// refTrack follows the frames of a whole stream the slow way: it decodes
+// each header by hand (RFC 6455 §5.2) and decides what a pump must forward.
+// It returns the frames whose header is complete, what must reach dst, the
+// number of whole data messages, and where tracking stopped: the start of
+// an invalid frame (bad is true), or of the unfinished tail.
+func refTrack(s []byte, fromClient bool, limit uint64) (frames []refFrame, out []byte, messages int64, stop int, bad bool) {
+	pos, closed := 0, false
+	var msg uint64
+	for pos < len(s) {
+		rest := s[pos:]
+		if len(rest) < 2 {
+			break
+		}
+		b0, b1 := rest[0], rest[1]
+		hdr, length := 2, uint64(b1&127)
+		switch length {
+		case 126:
+			hdr += 2
+		case 127:
+			hdr += 8
+		}
+		masked := b1&128 != 0
+		if masked {
+			hdr += 4
+		}
+		if len(rest) < hdr {
+			break
+		}
+		switch length {
+		case 126:
+			length = uint64(rest[2])<<8 | uint64(rest[3])
+		case 127:
+			length = 0
+			for _, c := range rest[2:10] {
+				length = length<<8 | uint64(c)
+			}
+		}
+		op, fin := b0&15, b0&128 != 0
+		control := op >= 8
+		switch {
+		case op > 2 && op < 8, op > 10, control && (length > 125 || !fin), length >= 1<<63, masked != fromClient:
+			return frames, out, messages, pos, true
+		}
+		frames = append(frames, refFrame{start: pos, hdr: hdr, length: length, data: !control})
+		if control {
+			if uint64(len(rest)-hdr) < length {
+				break
+			}
+			end := hdr + int(length)
+			payload := append([]byte(nil), rest[hdr:end]...)
+			if masked {
+				for i := range payload {
+					payload[i] ^= rest[hdr-4+i%4]
+				}
+			}
+			ownPong := op == 10 && len(payload) == 8 && binary.BigEndian.Uint32(payload) == fuzzPingID
+			if !ownPong && !closed {
+				out = append(out, rest[:end]...)
+			}
+			closed = closed || op == 8
+			pos += end
+			continue
+		}
+		if op != 0 {
+			msg = 0
+		}
+		msg += length
+		if limit > 0 && msg > limit {
+			frames = frames[:len(frames)-1]
+			return frames, out, messages, pos, true
+		}
+		if fin {
+			messages++
+		}
+		take := hdr + int(min(length, uint64(len(rest)-hdr)))
+		if !closed {
+			out = append(out, rest[:take]...)
+		}
+		pos += take
+	}
+	return frames, out, messages, pos, false
+}
+
+// refState is where the pump must be after reading s[:o]: the payload
+// bytes left in the current data frame, the bytes it must carry over (a
+// partial header or control frame), and whether what it wrote ends inside
+// a frame.
+func refState(frames []refFrame, stop, o int) (remaining uint64, carry int, midFrame bool) {
+	var f refFrame
+	for _, fr := range frames {
+		if fr.start > o {
+			break
+		}
+		f = fr
+	}
+	if payload := o - f.start - f.hdr; f.data && payload >= 0 && uint64(payload) < f.length {
+		return f.length - uint64(payload), 0, true
+	}
+	if o >= stop {
+		return 0, o - stop, false
+	}
+	return 0, o - f.start, false
+}
+
+// FuzzFrameTracker feeds a byte stream, cut into chunks at arbitrary
+// points, through a pump's frame tracking and compares it with refTrack:
+// the same bytes forwarded, the same message count, the same verdict on
+// invalid frames, and after every chunk the same position in the current
+// frame (so a control frame the proxy injects lands between frames).
+func FuzzFrameTracker(f *testing.F) {
+	mask := [4]byte{1, 2, 3, 4}
+	frame := func(fin bool, op byte, masked bool, payload string) []byte {
+		h := wsframe.Header{Fin: fin, OpCode: op, Length: uint64(len(payload)), Masked: masked, Mask: mask}
+		b := wsframe.AppendHeader(nil, h)
+		start := len(b)
+		b = append(b, payload...)
+		if masked {
+			wsframe.Mask(mask, 0, b[start:])
+		}
+		return b
+	}
+	cat := func(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
+	var ownPong [8]byte
+	binary.BigEndian.PutUint32(ownPong[:], fuzzPingID)
+	long := strings.Repeat("x", 125)
+	// A masked ping of 125 bytes with a 16-bit length: 133 bytes in all,
+	// more than the 131 of the longest minimally encoded control frame.
+	nonMinimalPing := append([]byte{0x89, 0x80 | 126, 0, 125, 1, 2, 3, 4}, frame(true, 9, true, long)[6:]...)
+
+	// Client to backend (masked frames).
+	f.Add(frame(true, 1, true, "hello"), []byte{}, true, uint16(0))                                                                // one text frame, one chunk
+	f.Add(frame(true, 1, true, "hello"), []byte{0}, true, uint16(0))                                                               // one byte at a time
+	f.Add(cat(frame(false, 1, true, "he"), frame(true, 9, true, "p"), frame(true, 0, true, "llo")), []byte{2, 6}, true, uint16(0)) // fragments around a ping
+	f.Add(cat(frame(true, 8, true, "\x03\xe8"), frame(true, 1, true, "after close")), []byte{}, true, uint16(0))                   // nothing passes a close frame
+	f.Add(cat(frame(true, 2, true, long), frame(true, 2, true, long)), []byte{200}, true, uint16(200))                             // second message over the limit
+	f.Add(cat(frame(false, 2, true, long), frame(true, 0, true, long)), []byte{}, true, uint16(200))                               // fragments add up over the limit
+	f.Add(cat(frame(true, 1, true, "a"), frame(true, 1, false, "b")), []byte{}, true, uint16(0))                                   // unmasked frame from the client
+	f.Add(cat(frame(true, 1, true, "a"), nonMinimalPing, frame(true, 1, true, "b")), []byte{138, 0}, true, uint16(0))              // a carried 133-byte control frame
+	f.Add(cat(frame(true, 1, true, "a"), []byte{0x8a, 0x88}), []byte{}, true, uint16(0))                                           // pong cut in its header
+	// Backend to client (unmasked frames).
+	f.Add(cat(frame(true, 10, false, string(ownPong[:])), frame(true, 1, false, "x")), []byte{3}, false, uint16(0)) // the proxy's own pong is dropped
+	f.Add(cat(frame(true, 10, false, "other pong"), frame(true, 1, false, "x")), []byte{}, false, uint16(0))        // a peer's pong passes
+	f.Add(cat([]byte{0x82, 127, 0, 0, 0, 1, 0, 0, 0, 0}, []byte("partial")), []byte{4}, false, uint16(0))           // 64-bit length, payload cut short
+	f.Add([]byte{0x82, 127, 0, 0, 0, 0, 0, 0, 0, 5, 'a', 'b', 'c', 'd', 'e'}, []byte{}, false, uint16(0))           // non-minimal 64-bit length passes
+	f.Add([]byte{0x83, 0, 0x89, 0xff}, []byte{}, false, uint16(0))                                                  // reserved opcode
+	f.Add([]byte{0x09, 0}, []byte{}, false, uint16(0))                                                              // fragmented ping
+
+	f.Fuzz(func(t *testing.T, stream, cuts []byte, fromClient bool, limit uint16) {
+		p := &Proxy{cfg: defaultConfig()}
+		p.cfg.maxMessageSize = int64(limit)
+		tn := newTunnel(p, &Target{}, &fakeConn{}, nil, &fakeConn{}, nil, TunnelInfo{Start: time.Now()})
+		tn.pingID = fuzzPingID
+		pu := &tn.down
+		if fromClient {
+			pu = &tn.up
+		}
+		dst := pu.dst.(*fakeConn)
+		frames, want, wantMessages, stop, bad := refTrack(stream, fromClient, uint64(limit))
+
+		var err error
+		for o, k := 0, 0; o < len(stream); k++ {
+			n := len(stream) - o
+			if len(cuts) > 0 {
+				n = min(n, int(cuts[k%len(cuts)])+1)
+			}
+			// What pump.chunk does: the carried tail goes in the headroom.
+			buf := make([]byte, bufHeadroom+n)
+			copy(buf[bufHeadroom:], stream[o:o+n])
+			start := bufHeadroom - pu.ncarry
+			copy(buf[start:], pu.carry[:pu.ncarry])
+			pu.ncarry = 0
+			err = pu.process(buf[start:])
+			o += n
+			if err != nil {
+				break
+			}
+			remaining, carry, midFrame := refState(frames, stop, o)
+			if pu.remaining != remaining || pu.ncarry != carry {
+				t.Fatalf("after %d bytes: remaining %d, carry %d; want %d, %d", o, pu.remaining, pu.ncarry, remaining, carry)
+			}
+			if !pu.sentClose.Load() && pu.midFrame != midFrame {
+				t.Fatalf("after %d bytes: midFrame %v, want %v", o, pu.midFrame, midFrame)
+			}
+		}
+		if bad != (err != nil) {
+			t.Fatalf("error %v, want an error: %v", err, bad)
+		}
+		if err != nil && !errors.Is(err, errProtocol) && !errors.Is(err, errTooBig) {
+			t.Fatalf("error %v is neither a protocol error nor the size limit", err)
+		}
+		if !bytes.Equal(want, dst.out.Bytes()) {
+			t.Fatalf("forwarded\n%x\nwant\n%x", dst.out.Bytes(), want)
+		}
+		if got := pu.messages.Load(); got != wantMessages {
+			t.Fatalf("%d messages, want %d", got, wantMessages)
+		}
+	})
+}
+
+// fuzzPeer is the client address in FuzzClientRequest; fuzzTrustedPeer is
+// one the proxy is told to trust.
+const (
+	fuzzPeer        = "192.0.2.7:40000"
+	fuzzTrustedPeer = "10.1.2.3:40000"
+)
+
+// FuzzClientRequest parses raw request bytes as net/http does, and for
+// every request checkClientRequest lets through builds the backend request
+// and checks what the backend would see: none of the hop-by-hop headers of
+// RFC 9110 §7.6.1 and none the client named in Connection, except the
+// proxy's own Upgrade and Connection; the client's Sec-WebSocket-Key;
+// forwarding headers that are the proxy's unless the peer is trusted; and
+// bytes that parse back as one request with exactly one Host line. A rewrite
+// hook copies a client-chosen header ("?h=Name:value") into the request, as
+// careless user code might.
+func FuzzClientRequest(f *testing.F) {
+	req := func(target string, extra ...string) []byte {
+		b := []byte(strings.Replace(string(wstest.Request("example.com", "/", "dGhlIHNhbXBsZSBub25jZQ==", extra...)), "GET / ", "GET "+target+" ", 1))
+		return b
+	}
+	f.Add(req("/chat"), false)                                                                                                                                                                              // a plain upgrade
+	f.Add(req("/chat?room=1", "Sec-WebSocket-Protocol: chat, superchat"), false)                                                                                                                            // query and subprotocols
+	f.Add(req("/", "Connection: Upgrade, X-Forwarded-For, Cookie", "Cookie: a=1"), false)                                                                                                                   // names a proxy header and an end-to-end one in Connection
+	f.Add(req("/", "X-Forwarded-For: 1.2.3.4", "Forwarded: for=1.2.3.4", "X-Real-IP: 1.2.3.4"), false)                                                                                                      // forged forwarding headers
+	f.Add(req("/", "X-Forwarded-For: 1.2.3.4", "X-Forwarded-Host: a", "X-Forwarded-Proto: https"), true)                                                                                                    // from a trusted proxy
+	f.Add(req("/", "Keep-Alive: 5", "TE: trailers", "Proxy-Authorization: x", "HTTP2-Settings: AAAA"), false)                                                                                               // hop-by-hop headers
+	f.Add(req("/", "Sec-WebSocket-Accept: forged", "Sec-WebSocket-Version: 13"), false)                                                                                                                     // a second version, an accept from the client
+	f.Add(req("/?h=Host:evil.example"), false)                                                                                                                                                              // rewrite sets a Host header
+	f.Add(req("/?h=X-Evil:a%0d%0aX-Injected:%201"), false)                                                                                                                                                  // rewrite value with CRLF
+	f.Add(req("/?h=Transfer-Encoding:chunked"), false)                                                                                                                                                      // rewrite sets a hop-by-hop header
+	f.Add(req("http://other.example/abs"), false)                                                                                                                                                           // absolute-form target
+	f.Add([]byte("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\nSec-WebSocket-Version: 13\r\nContent-Length: 0\r\n\r\n"), false) // an explicit empty body
+
+	f.Fuzz(func(t *testing.T, raw []byte, trusted bool) {
+		r, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(raw)))
+		if err != nil {
+			return
+		}
+		// What the server does before any handler runs.
+		if hosts := r.Header["Host"]; len(hosts) > 1 {
+			return
+		}
+		delete(r.Header, "Host")
+		r.RemoteAddr = fuzzPeer
+		if trusted {
+			r.RemoteAddr = fuzzTrustedPeer
+		}
+		if classify(r) != websocketUpgrade || checkClientRequest(r) != nil {
+			return
+		}
+		var rewritten string // the header the hook set
+		p, err := New([]string{"ws://backend.test:9000/base"},
+			WithTrustedProxies("10.0.0.0/8"),
+			WithRewrite(func(pr *ProxyRequest) {
+				name, value, ok := strings.Cut(pr.In.URL.Query().Get("h"), ":")
+				if ok && name != "" {
+					// Assigned as given, not canonicalized: hooks do that.
+					rewritten = http.CanonicalHeaderKey(name)
+					pr.Out.Header[name] = []string{value}
+				}
+			}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		br, err := p.newBackendRequest(r, p.set.Load().all[0])
+		if err != nil {
+			if !errors.Is(err, ErrRewrite) {
+				t.Fatalf("newBackendRequest: %v", err)
+			}
+			return
+		}
+		h := br.header
+		named := connectionTokens(r.Header)
+		for k := range h {
+			k = http.CanonicalHeaderKey(k)
+			switch {
+			case k == "Upgrade", k == "Connection", k == "Sec-Websocket-Key", k == "Sec-Websocket-Version", strings.HasPrefix(k, "X-Forwarded-"):
+			case isHopByHop(k):
+				t.Fatalf("hop-by-hop header %s reaches the backend", k)
+			case named[k] && k != rewritten:
+				t.Fatalf("header %s, named in the client's Connection, reaches the backend", k)
+			}
+		}
+		for k, want := range map[string][]string{
+			"Upgrade":               {"websocket"},
+			"Connection":            {"Upgrade"},
+			"Sec-Websocket-Key":     r.Header["Sec-Websocket-Key"],
+			"Sec-Websocket-Version": {"13"},
+		} {
+			if !slicesEqual(h[k], want) {
+				t.Fatalf("%s is %q, want %q", k, h[k], want)
+			}
+		}
+		if !trusted && rewritten != "X-Forwarded-For" && rewritten != "X-Forwarded-Host" && rewritten != "X-Forwarded-Proto" {
+			for k, want := range map[string][]string{
+				"X-Forwarded-For":   {"192.0.2.7"},
+				"X-Forwarded-Host":  {r.Host},
+				"X-Forwarded-Proto": {"http"},
+			} {
+				if !slicesEqual(h[k], want) {
+					t.Fatalf("%s is %q from an untrusted client, want %q", k, h[k], want)
+				}
+			}
+			for _, k := range []string{"Forwarded", "X-Real-Ip"} {
+				if _, ok := h[k]; ok && rewritten != k {
+					t.Fatalf("%s from an untrusted client reaches the backend", k)
+				}
+			}
+		}
+		if trusted && rewritten != "X-Forwarded-For" {
+			if xff := h["X-Forwarded-For"]; len(xff) != 1 || !strings.HasSuffix(xff[0], "10.1.2.3") {
+				t.Fatalf("X-Forwarded-For is %q, want the trusted peer appended", xff)
+			}
+		}
+
+		var wire bytes.Buffer
+		w := bufio.NewWriter(&wire)
+		if err := br.writeTo(w); err != nil {
+			t.Fatal(err)
+		}
+		back, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(wire.Bytes())))
+		if err != nil {
+			t.Fatalf("the backend cannot parse\n%s\n%v", wire.Bytes(), err)
+		}
+		hosts := 0
+		for _, line := range strings.Split(wire.String(), "\r\n") {
+			if name, _, ok := strings.Cut(line, ":"); ok && strings.EqualFold(strings.TrimSpace(name), "host") {
+				hosts++
+			}
+		}
+		if hosts != 1 || back.Host != br.host {
+			t.Fatalf("the backend sees %d Host lines, Host %q; want one, %q\n%s", hosts, back.Host, br.host, wire.Bytes())
+		}
+		if back.Method != http.MethodGet || back.RequestURI != br.uri || back.ContentLength != 0 || len(back.TransferEncoding) > 0 {
+			t.Fatalf("the backend sees %s %s with a body of %d %v", back.Method, back.RequestURI, back.ContentLength, back.TransferEncoding)
+		}
+		if !slicesEqual(back.Header["Sec-Websocket-Key"], r.Header["Sec-Websocket-Key"]) {
+			t.Fatalf("the backend sees key %q, the client sent %q", back.Header["Sec-Websocket-Key"], r.Header["Sec-Websocket-Key"])
+		}
+	})
+}
+
+func slicesEqual(a, b []string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// scriptConn is a backend connection that swallows the request and answers
+// with fixed bytes.
+type scriptConn struct {
+	fakeConn
+	r io.Reader
+}
+
+func (c *scriptConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+// fuzzKey is the key the proxy sends in FuzzBackendResponse.
+const fuzzKey = "dGhlIHNhbXBsZSBub25jZQ=="
+
+// FuzzBackendResponse feeds arbitrary backend answers to the real handshake
+// reader and to checkUpgradeResponse. A response may only be accepted for
+// a tunnel if it is, by an independent reading, a 101 with Upgrade:
+// websocket, Connection: upgrade and the accept value for the key sent, with
+// a subprotocol and extensions the client offered, and headers within the
+// size limit.
+func FuzzBackendResponse(f *testing.F) {
+	accept := wstest.Accept(fuzzKey) // s3pPLMBiTxaQ9kYGzzhZRbK+xOo=
+	ok := "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + accept + "\r\n"
+	f.Add([]byte(ok + "\r\n"))                                                                                                                           // valid
+	f.Add([]byte(ok + "\r\n\x81\x02hi"))                                                                                                                 // valid, a frame right behind it
+	f.Add([]byte(ok + "Sec-WebSocket-Protocol: chat\r\n\r\n"))                                                                                           // an offered subprotocol
+	f.Add([]byte(ok + "Sec-WebSocket-Protocol: other\r\n\r\n"))                                                                                          // a subprotocol not offered
+	f.Add([]byte(ok + "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover\r\n\r\n"))                                               // an offered extension
+	f.Add([]byte(ok + "Sec-WebSocket-Extensions: x-webkit-deflate-frame\r\n\r\n"))                                                                       // an extension not offered
+	f.Add([]byte(ok + "Sec-WebSocket-Accept: " + accept + "\r\n\r\n"))                                                                                   // the accept twice
+	f.Add([]byte("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAA\r\n\r\n"))                 // wrong accept
+	f.Add([]byte("HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + accept + "\r\n\r\n"))             // another protocol
+	f.Add([]byte("HTTP/1.0 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + accept + "\r\n\r\n"))       // HTTP/1.0
+	f.Add([]byte("HTTP/1.1 200 OK\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + accept + "\r\nContent-Length: 2\r\n\r\nok")) // 200 dressed as an upgrade
+	f.Add([]byte("HTTP/1.1 100 Continue\r\n\r\n" + ok + "\r\n"))                                                                                         // an interim response first
+	f.Add([]byte("HTTP/1.1 426 Upgrade Required\r\nSec-WebSocket-Version: 13\r\n\r\n"))                                                                  // refusal
+	f.Add([]byte(ok + "X-Big: " + strings.Repeat("a", 2000) + "\r\n\r\n"))                                                                               // headers over the limit
+	f.Add([]byte("HTTP/1.1 101\r\nupgrade: WebSocket\r\nconnection: keep-alive, upgrade\r\nsec-websocket-accept: " + accept + "\r\n\r\n"))               // lower case, token lists
+
+	const limit = 1024
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		p := &Proxy{cfg: defaultConfig()}
+		p.cfg.maxRespHeader = limit
+		target := &Target{raw: "ws://backend.test"}
+		req := &backendRequest{uri: "/", host: "example.com", header: http.Header{}, key: fuzzKey,
+			protos: []string{"chat"}, exts: []string{"permessage-deflate"}}
+		conn := &scriptConn{r: bytes.NewReader(raw)}
+		resp, br, err := p.backendHandshake(context.Background(), conn, target, req)
+		if err != nil {
+			if !errors.Is(err, ErrBackendHandshake) {
+				t.Fatalf("handshake error %v is not ErrBackendHandshake", err)
+			}
+			return
+		}
+		defer putReader(br)
+		if err := checkUpgradeResponse(resp, req); err != nil {
+			if !errors.Is(err, ErrInvalidUpgrade) {
+				t.Fatalf("check error %v is not ErrInvalidUpgrade", err)
+			}
+			return
+		}
+		// Accepted: check it the slow way.
+		if resp.StatusCode != 101 || resp.Proto != "HTTP/1.1" {
+			t.Fatalf("accepted %s %d", resp.Proto, resp.StatusCode)
+		}
+		if end := bytes.Index(raw, []byte("\n\r\n")); end < 0 || end+3 > limit {
+			if end2 := bytes.Index(raw, []byte("\n\n")); end2 < 0 || end2+2 > limit {
+				t.Fatalf("accepted headers that end at %d or %d, over the %d-byte limit", end, end2, limit)
+			}
+		}
+		hasToken := func(name, token string) bool {
+			for _, v := range resp.Header[name] {
+				for _, tok := range strings.Split(v, ",") {
+					if strings.EqualFold(strings.Trim(tok, " \t"), token) {
+						return true
+					}
+				}
+			}
+			return false
+		}
+		if !hasToken("Upgrade", "websocket") || !hasToken("Connection", "upgrade") {
+			t.Fatalf("accepted Upgrade %q, Connection %q", resp.Header["Upgrade"], resp.Header["Connection"])
+		}
+		if got := resp.Header["Sec-Websocket-Accept"]; len(got) != 1 || got[0] != accept {
+			t.Fatalf("accepted Sec-WebSocket-Accept %q", got)
+		}
+		if got := resp.Header["Sec-Websocket-Protocol"]; len(got) > 0 && !slicesEqual(got, []string{"chat"}) {
+			t.Fatalf("accepted subprotocol %q", got)
+		}
+		for _, v := range resp.Header["Sec-Websocket-Extensions"] {
+			for _, ext := range strings.Split(v, ",") {
+				name, _, _ := strings.Cut(ext, ";")
+				if name = strings.ToLower(strings.Trim(name, " \t")); name != "" && name != "permessage-deflate" {
+					t.Fatalf("accepted extension %q", name)
+				}
+			}
+		}
+	})
+}
+
+// FuzzOriginPattern parses allowed-origin patterns and checks origins
+// against them. A valid pattern must match its own host, a wildcard
+// "*.d" must match "x.d" and never "d" itself or a name that merely ends
+// in d without a dot boundary ("evild"); and checkOrigin may only let a
+// cross-site origin through when, by url.Parse and a plain suffix test,
+// its host is the pattern's.
+func FuzzOriginPattern(f *testing.F) {
+	f.Add("app.example.com", "https://app.example.com")        // exact host
+	f.Add("*.example.com", "https://a.b.example.com")          // wildcard, two levels down
+	f.Add("*.example.com", "https://example.com")              // the bare domain
+	f.Add("*.example.com", "https://evilexample.com")          // no dot boundary
+	f.Add("*.example.com", "https://a.example.com.evil.test")  // the domain in the middle
+	f.Add("https://app.example.com", "http://app.example.com") // another scheme
+	f.Add("localhost:3000", "http://localhost:3000")           // host and port
+	f.Add("localhost:3000", "http://localhost:3001")           // another port
+	f.Add("example.com:443", "https://EXAMPLE.com")            // default port, case
+	f.Add("[::1]:8080", "http://[::1]:8080")                   // IPv6
+	f.Add("null", "null")                                      // the opaque origin
+	f.Add("*.*.example.com", "https://a.b.example.com")        // a second wildcard is refused
+	f.Add("*.", "https://a.")                                  // nothing after the wildcard
+	f.Add("example.com", "https://user@example.com")           // userinfo in the origin
+	f.Add("example.com", "https://example.com/path")           // a path in the origin
+	f.Add("example.com", "https://example.com%2f@evil.test")   // escapes
+
+	const proxyHost = "proxy.test"
+	f.Fuzz(func(t *testing.T, pattern, origin string) {
+		pat, err := parseOriginPattern(pattern)
+		if err != nil {
+			return
+		}
+		if !pat.null {
+			scheme := pat.scheme
+			if scheme == "" {
+				scheme = "https"
+			}
+			if !pat.wildcard && !pat.match(scheme, pat.host, pat.port) {
+				t.Fatalf("%q does not match its own host %q", pattern, pat.host)
+			}
+			if pat.wildcard {
+				if !pat.match(scheme, "x."+pat.host, pat.port) {
+					t.Fatalf("%q does not match x.%s", pattern, pat.host)
+				}
+				for _, h := range []string{pat.host, "x" + pat.host, strings.TrimPrefix(pat.host, ".")} {
+					if !strings.HasSuffix(h, "."+pat.host) && pat.match(scheme, h, pat.port) {
+						t.Fatalf("%q matches %q", pattern, h)
+					}
+				}
+			}
+		}
+
+		p := &Proxy{cfg: defaultConfig()}
+		p.cfg.origins = []originPattern{pat}
+		r := &http.Request{Host: proxyHost, Header: http.Header{"Origin": {origin}}}
+		if p.checkOrigin(r) != nil {
+			return
+		}
+		if pat.null {
+			if origin != "null" {
+				t.Fatalf("the null pattern let %q through", origin)
+			}
+			return
+		}
+		u, err := url.Parse(origin)
+		if err != nil || u.User != nil || u.RawQuery != "" || u.Fragment != "" && false {
+			t.Fatalf("accepted malformed origin %q", origin)
+		}
+		host := strings.ToLower(u.Hostname())
+		if host == proxyHost {
+			return // same host as the request
+		}
+		if !(host == pat.host || pat.wildcard && strings.HasSuffix(host, "."+pat.host) && len(host) > len(pat.host)+1) {
+			t.Fatalf("pattern %q let origin %q (host %q) through", pattern, origin, host)
+		}
+	})
+}
