@@ -249,6 +249,9 @@ func (p *Proxy) retireLocked(old, cur *targetSet) {
 		}
 		p.lb.draining[t] = tm
 	}
+	if len(cur.all) == 1 {
+		cur.all[0].health.succeeded() // a lone target is never passively down
+	}
 	p.pruneDrainingLocked()
 }
 

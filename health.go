@@ -61,7 +61,8 @@ func defaultLBConfig() lbConfig {
 // answers anything else is alive. After maxFails failures within window the
 // target gets no new tunnels for cooldown. Then exactly one request tries
 // it: success brings it back, failure starts another cool-down, so a dead
-// target costs at most one failed dial per cool-down.
+// target costs at most one failed dial per cool-down. As in nginx, a proxy
+// with a single target never takes it out.
 // Default: 1 failure, 10s window, 10s cool-down. maxFails 0 turns passive
 // health off.
 func WithPassiveHealth(maxFails int, window, cooldown time.Duration) Option {
@@ -173,7 +174,8 @@ type targetHealth struct {
 	rise, fall int
 }
 
-// healthy reports whether the target is in rotation now.
+// healthy reports whether the target is in rotation now, as far as
+// health goes.
 func (h *targetHealth) healthy() bool {
 	return !h.activeDown.Load() && h.downUntil.Load() == 0
 }
@@ -235,10 +237,15 @@ func (h *targetHealth) failed(lb *lbConfig, now time.Time) bool {
 // rewrite hook failed).
 func (h *targetHealth) released() { h.trial.Store(false) }
 
-// reportFailure counts a failed dial or handshake against t.
+// reportFailure counts a failed dial or handshake against t. As in nginx,
+// a lone target is never taken out: there is nowhere else to go, and a
+// client is better served by a fresh try than by 503 for a cool-down.
 func (p *Proxy) reportFailure(t *Target, err error) {
 	t.stats.failures.Add(1)
 	p.failures.Add(1)
+	if len(p.set.Load().all) == 1 {
+		return
+	}
 	if t.health.failed(&p.cfg.lb, time.Now()) {
 		p.log.Warn("wsproxy: target down", "target", t.raw, "cooldown", p.cfg.lb.cooldown, "err", err)
 	}

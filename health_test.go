@@ -357,3 +357,18 @@ func TestHealthOptionsValidated(t *testing.T) {
 	require.NoError(t, err, "0 turns passive health off")
 	p.Close()
 }
+
+func TestLoneTargetNeverPassivelyDown(t *testing.T) {
+	t.Parallel()
+	a := newEcho(t)
+	d := newCountingDialer(hostOf(a))
+	p, url := newProxy(t, []string{a}, WithDialer(d.dial))
+	for range 3 {
+		_, status := tryDial(t, url)
+		assert.Equal(t, http.StatusBadGateway, status, "the dial error, not 503 for a cool-down")
+	}
+	assert.Equal(t, 3, d.count(hostOf(a)))
+	assert.True(t, targetStats(p, a).Healthy)
+	d.setDead(hostOf(a), false)
+	echoOnce(t, url)
+}
