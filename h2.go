@@ -104,7 +104,7 @@ func (p *Proxy) openH2(w http.ResponseWriter, r *http.Request, rc *http.Response
 		return nil, nil
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
-		putReader(br)
+		defer putReader(br) // after the body, which is read through it
 		status := resp.StatusCode
 		if status < 300 {
 			// A 2xx would tell the client its WebSocket is open (RFC 8441
@@ -147,6 +147,8 @@ func (p *Proxy) openH2(w http.ResponseWriter, r *http.Request, rc *http.Response
 		Start:       time.Now(),
 	}
 	tn := newTunnel(p, t, client, nil, back, backBuf, info)
+	client.closeTimeout = p.cfg.closeTimeout
+	client.awaitingClose = func() bool { return tn.down.sentClose.Load() && !tn.up.srcClosed.Load() }
 	p.total.Add(1)
 	t.stats.total.Add(1)
 	shuttingDown := p.register(tn)
@@ -246,8 +248,14 @@ type h2Conn struct {
 	smu     sync.Mutex // held for the short calls: Close, deadlines
 	done    bool       // the handler returned; set holding both locks
 	writing atomic.Bool
-	closed  atomic.Bool // Close or CloseWrite was called: no more writes
-	eof     atomic.Bool // CloseWrite was called: reads end with io.EOF
+	closed  atomic.Bool // Close was called: reads end with net.ErrClosed
+	wclosed atomic.Bool // Close or CloseWrite was called: no more writes
+	eof     atomic.Bool // CloseWrite ended the reads: they end with io.EOF
+
+	// awaitingClose reports whether the client owes the answer to a close
+	// frame; set before the tunnel starts.
+	awaitingClose func() bool
+	closeTimeout  time.Duration
 }
 
 func newH2Conn(w http.ResponseWriter, r *http.Request, rc *http.ResponseController) *h2Conn {
@@ -287,12 +295,12 @@ func (c *h2Conn) Read(b []byte) (int, error) {
 func (c *h2Conn) Write(b []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	if c.done || c.closed.Load() {
+	if c.done || c.wclosed.Load() {
 		return 0, net.ErrClosed
 	}
 	c.writing.Store(true)
 	defer c.writing.Store(false)
-	if c.closed.Load() { // Close may have looked at writing just before it was set
+	if c.wclosed.Load() { // Close may have looked at writing just before it was set
 		return 0, net.ErrClosed
 	}
 	n, err := c.w.Write(b)
@@ -309,6 +317,7 @@ func (c *h2Conn) Close() error {
 	if c.closed.Swap(true) {
 		return nil
 	}
+	c.wclosed.Store(true)
 	c.smu.Lock()
 	defer c.smu.Unlock()
 	if c.done {
@@ -322,14 +331,18 @@ func (c *h2Conn) Close() error {
 }
 
 // CloseWrite is the tunnel's half-close. An HTTP/2 handler cannot end its
-// response and go on reading the request, and after a WebSocket's close
-// handshake (or its server's end of stream) nothing more may pass anyway,
-// so it ends the stream: writes stop, and the reading side sees io.EOF, as
-// if the client had answered a TCP FIN with its own. The handler then
-// returns with the tunnel, which sends END_STREAM.
+// response and go on reading the request, so the stream ends as a whole
+// when the tunnel does; CloseWrite stops the writes and ends the reads with
+// io.EOF, as if the client had answered a TCP FIN with its own, which makes
+// the tunnel finish and the handler return (END_STREAM). One exception: if
+// the client was sent a close frame and has not answered it yet, its answer
+// is due, and it gets the close timeout to arrive first.
 func (c *h2Conn) CloseWrite() error {
-	c.eof.Store(true)
-	if c.closed.Swap(true) {
+	c.wclosed.Store(true)
+	if c.awaitingClose != nil && c.awaitingClose() {
+		return c.SetReadDeadline(time.Now().Add(c.closeTimeout))
+	}
+	if c.eof.Swap(true) {
 		return nil
 	}
 	c.smu.Lock()

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -70,6 +71,12 @@ type h2Fixture struct {
 
 func newH2Fixture(t *testing.T, targets []string, opts ...Option) *h2Fixture {
 	t.Helper()
+	return newH2FixtureWith(t, nil, targets, opts...)
+}
+
+// newH2FixtureWith is newH2Fixture with setup applied to the server first.
+func newH2FixtureWith(t *testing.T, setup func(*http.Server), targets []string, opts ...Option) *h2Fixture {
+	t.Helper()
 	requireXConnect(t)
 	f := &h2Fixture{upgrade: make(chan TunnelInfo, 64), closed: make(chan CloseInfo, 64)}
 	opts = append([]Option{WithHooks(Hooks{
@@ -85,6 +92,9 @@ func newH2Fixture(t *testing.T, targets []string, opts ...Option) *h2Fixture {
 		if s == http.StateNew {
 			f.conns.Add(1)
 		}
+	}
+	if setup != nil {
+		setup(f.srv.Config)
 	}
 	f.srv.StartTLS()
 	f.url = f.srv.URL
@@ -113,6 +123,13 @@ func (s *h2Stream) Write(b []byte) (int, error) { return s.pw.Write(b) }
 // CloseWrite ends the request body: END_STREAM on the client's side.
 func (s *h2Stream) CloseWrite() error { return s.pw.Close() }
 
+// reset abandons the stream: closing the response body early makes the
+// transport send RST_STREAM(CANCEL).
+func (s *h2Stream) reset() {
+	s.body.Close()
+	s.cancel()
+}
+
 func (s *h2Stream) Close() error {
 	s.pw.Close()
 	s.body.Close()
@@ -126,15 +143,18 @@ func (s *h2Stream) SetReadDeadline(time.Time) error  { return nil }
 func (s *h2Stream) SetWriteDeadline(time.Time) error { return nil }
 
 // dialH2 sends an extended CONNECT for path with the given header lines
-// (":protocol" and Sec-WebSocket-Version are set unless header has them)
-// and returns the response. For a 200 it also returns the WebSocket; the
-// request's context bounds the whole exchange.
+// (":protocol" and Sec-WebSocket-Version are set unless header has them; an
+// empty value leaves one out) and returns the response, and for a 200 the
+// WebSocket too. A deadline bounds the whole exchange. It may be called from
+// any goroutine.
 func (f *h2Fixture) dialH2(t *testing.T, path string, header http.Header) (*wstest.Conn, *http.Response, error) {
-	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	pr, pw := io.Pipe()
 	req, err := http.NewRequestWithContext(ctx, http.MethodConnect, f.url+path, pr)
-	require.NoError(t, err)
+	if err != nil {
+		cancel()
+		return nil, nil, err
+	}
 	for k, v := range header {
 		req.Header[k] = v
 	}
@@ -150,16 +170,11 @@ func (f *h2Fixture) dialH2(t *testing.T, path string, header http.Header) (*wste
 		pw.Close()
 		return nil, nil, err
 	}
-	if resp.StatusCode != http.StatusOK {
-		t.Cleanup(func() {
-			resp.Body.Close()
-			pw.Close()
-			cancel()
-		})
-		return nil, resp, nil
-	}
 	s := &h2Stream{body: resp.Body, pw: pw, cancel: cancel}
 	t.Cleanup(func() { s.Close() })
+	if resp.StatusCode != http.StatusOK {
+		return nil, resp, nil
+	}
 	return wstest.NewConn(s, nil, true), resp, nil
 }
 
@@ -283,4 +298,334 @@ func TestH2Echo(t *testing.T) {
 	assert.Equal(t, int64(3), ci.ClientToBackend.Messages)
 	assert.NoError(t, ci.Err)
 	assert.Equal(t, int32(1), f.conns.Load())
+}
+
+func TestH2LargeMessages(t *testing.T) {
+	t.Parallel()
+	f := newH2Fixture(t, []string{newEcho(t)})
+	c, _ := f.mustDial(t, "/", nil)
+	big := make([]byte, 1<<20)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	echoMessage(t, c, wsframe.OpBinary, big)
+	// The same again in 64 KiB fragments, and a small message behind it.
+	for off := 0; off < len(big); off += 64 << 10 {
+		op := byte(wsframe.OpContinuation)
+		if off == 0 {
+			op = wsframe.OpBinary
+		}
+		require.NoError(t, c.WriteFrame(wstest.Frame{Fin: off+64<<10 >= len(big), Op: op, Payload: big[off : off+64<<10]}))
+	}
+	_, got, err := c.ReadMessage()
+	require.NoError(t, err)
+	assert.True(t, bytes.Equal(big, got))
+	echoMessage(t, c, wsframe.OpText, []byte("after"))
+
+	require.NoError(t, c.WriteClose(1000, ""))
+	ci := f.nextClose(t)
+	assert.Greater(t, ci.ClientToBackend.Bytes, int64(2<<20))
+	assert.Greater(t, ci.BackendToClient.Bytes, int64(2<<20))
+}
+
+func TestH2ManyStreamsOneConnection(t *testing.T) {
+	t.Parallel()
+	f := newH2Fixture(t, []string{newEcho(t), newEcho(t)})
+	// One stream first, so that every other one finds the connection made.
+	first, _ := f.mustDial(t, "/", nil)
+
+	const n = 20
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			errs <- func() error {
+				c, resp, err := f.dialH2(t, "/", nil)
+				if err != nil {
+					return err
+				}
+				if resp.StatusCode != http.StatusOK {
+					return errors.New(resp.Status)
+				}
+				for j := range 10 {
+					msg := bytes.Repeat([]byte{byte(i)}, 1000*j+1)
+					if err := c.WriteMessage(wsframe.OpBinary, msg); err != nil {
+						return err
+					}
+					_, got, err := c.ReadMessage()
+					if err != nil {
+						return err
+					}
+					if !bytes.Equal(msg, got) {
+						return errors.New("echo differs")
+					}
+				}
+				return c.WriteClose(1000, "")
+			}()
+		}()
+	}
+	for range n {
+		assert.NoError(t, <-errs)
+	}
+	for range n {
+		ci := f.nextClose(t)
+		assert.Equal(t, "HTTP/2.0", ci.Proto)
+		assert.Equal(t, int64(10), ci.ClientToBackend.Messages)
+		assert.Equal(t, 1000, ci.BackendToClient.CloseCode)
+	}
+	echoMessage(t, first, wsframe.OpText, []byte("still here"))
+	assert.Equal(t, int32(1), f.conns.Load(), "every stream shared one TCP connection")
+	st := f.p.Stats()
+	assert.Equal(t, 1, st.Open)
+	assert.Equal(t, int64(n+1), st.Total)
+	for _, ts := range st.Targets {
+		assert.Positive(t, ts.Total, "both targets took streams")
+	}
+}
+
+func TestH2CloseFromBackend(t *testing.T) {
+	t.Parallel()
+	backendDone := make(chan error, 1)
+	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := wstest.Upgrade(w, r, nil)
+		if err != nil {
+			backendDone <- err
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if err := c.WriteClose(4001, "server bye"); err != nil {
+			backendDone <- err
+			return
+		}
+		f, err := c.ReadFrame()
+		if err == nil && f.Op != wsframe.OpClose {
+			err = errors.New("expected the client's close frame")
+		}
+		backendDone <- err
+	}))
+	f := newH2Fixture(t, []string{backend})
+	c, _ := f.mustDial(t, "/", nil)
+
+	_, _, err := c.ReadMessage() // answers the close frame
+	var ce *wstest.CloseError
+	require.ErrorAs(t, err, &ce)
+	assert.Equal(t, 4001, ce.Code)
+	assert.Equal(t, "server bye", ce.Reason)
+	require.NoError(t, <-backendDone)
+	// The backend hung up after the close handshake: the stream ends.
+	_, err = c.ReadFrame()
+	assert.ErrorIs(t, err, io.EOF)
+
+	ci := f.nextClose(t)
+	assert.Equal(t, 4001, ci.BackendToClient.CloseCode)
+	assert.Equal(t, 4001, ci.ClientToBackend.CloseCode)
+	assert.Empty(t, ci.Reason)
+	assert.NoError(t, ci.Err)
+}
+
+func TestH2CloseFromClient(t *testing.T) {
+	t.Parallel()
+	f := newH2Fixture(t, []string{newEcho(t)})
+	c, _ := f.mustDial(t, "/", nil)
+	require.NoError(t, c.WriteClose(4002, "client bye"))
+	_, _, err := c.ReadMessage()
+	var ce *wstest.CloseError
+	require.ErrorAs(t, err, &ce)
+	assert.Equal(t, 4002, ce.Code)
+	_, err = c.ReadFrame()
+	assert.ErrorIs(t, err, io.EOF)
+	ci := f.nextClose(t)
+	assert.Equal(t, 4002, ci.ClientToBackend.CloseCode)
+	assert.Equal(t, 4002, ci.BackendToClient.CloseCode)
+	assert.NoError(t, ci.Err)
+}
+
+// A backend that drops the connection without a close frame ends the
+// client's stream at once (as a FIN would over HTTP/1.1), not after the
+// half-close timeout.
+func TestH2BackendHangsUp(t *testing.T) {
+	t.Parallel()
+	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := wstest.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.ReadFrame()
+		c.Close()
+	}))
+	f := newH2Fixture(t, []string{backend})
+	c, _ := f.mustDial(t, "/", nil)
+	start := time.Now()
+	require.NoError(t, c.WriteMessage(wsframe.OpText, []byte("last words")))
+	_, err := c.ReadFrame()
+	assert.ErrorIs(t, err, io.EOF)
+	assert.Less(t, time.Since(start), 5*time.Second)
+	ci := f.nextClose(t)
+	assert.Equal(t, int64(1), ci.ClientToBackend.Messages)
+	assert.Equal(t, 0, ci.BackendToClient.CloseCode)
+}
+
+// A client that resets its stream ends the tunnel and the backend
+// connection; the other streams of its connection carry on.
+func TestH2ClientResetsStream(t *testing.T) {
+	t.Parallel()
+	backendGone := make(chan error, 4)
+	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := wstest.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		for {
+			f, err := c.ReadFrame()
+			if err != nil {
+				backendGone <- err
+				return
+			}
+			c.WriteFrame(f)
+		}
+	}))
+	f := newH2Fixture(t, []string{backend})
+	other, _ := f.mustDial(t, "/", nil)
+	c, _ := f.mustDial(t, "/", nil)
+	echoMessage(t, c, wsframe.OpText, []byte("ping"))
+
+	c.Conn.(*h2Stream).reset()
+	select {
+	case err := <-backendGone:
+		assert.ErrorIs(t, err, io.EOF, "the proxy closed the backend connection")
+	case <-time.After(10 * time.Second):
+		require.FailNow(t, "the backend connection stayed open")
+	}
+	ci := f.nextClose(t)
+	assert.Error(t, ci.Err, "a reset is not an orderly end")
+	assert.Equal(t, 1, f.p.Stats().Open)
+
+	echoMessage(t, other, wsframe.OpText, []byte("unaffected"))
+	assert.Equal(t, int32(1), f.conns.Load())
+}
+
+func TestH2Shutdown(t *testing.T) {
+	t.Parallel()
+	f := newH2Fixture(t, []string{newEcho(t)})
+	const n = 3
+	conns := make([]*wstest.Conn, n)
+	for i := range conns {
+		conns[i], _ = f.mustDial(t, "/", nil)
+		echoMessage(t, conns[i], wsframe.OpText, []byte("hi"))
+	}
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		done <- f.p.Shutdown(ctx)
+	}()
+	for _, c := range conns {
+		_, _, err := c.ReadMessage() // answers the close frame
+		var ce *wstest.CloseError
+		require.ErrorAs(t, err, &ce)
+		assert.Equal(t, 1001, ce.Code)
+	}
+	require.NoError(t, <-done)
+	for range n {
+		ci := f.nextClose(t)
+		assert.Equal(t, "shutdown", ci.Reason)
+		assert.Equal(t, 1001, ci.ClientToBackend.CloseCode, "the client answered the proxy's 1001")
+	}
+	_, resp, err := f.dialH2(t, "/", nil)
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+}
+
+// The server's ReadTimeout and WriteTimeout, which HTTP/2 applies to each
+// stream, do not cut a tunnel.
+func TestH2ServerTimeoutsDoNotCutTunnel(t *testing.T) {
+	t.Parallel()
+	f := newH2FixtureWith(t, func(s *http.Server) {
+		s.ReadTimeout = 100 * time.Millisecond
+		s.WriteTimeout = 100 * time.Millisecond
+	}, []string{newEcho(t)})
+	c, _ := f.mustDial(t, "/", nil)
+	time.Sleep(300 * time.Millisecond)
+	echoMessage(t, c, wsframe.OpText, []byte("still open"))
+}
+
+func TestH2Rejects(t *testing.T) {
+	t.Parallel()
+	refuser := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("X-Reason", "no ticket")
+		http.Error(w, "go away", http.StatusForbidden)
+	}))
+	plain := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "<html>not a websocket</html>")
+	}))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	down := "ws://" + ln.Addr().String()
+	ln.Close()
+
+	tests := []struct {
+		name    string
+		target  string
+		give    http.Header
+		want    int
+		wantErr error
+	}{
+		{name: "key from client", target: newEcho(t), give: http.Header{"Sec-Websocket-Key": {wstest.NewKey()}}, want: 400, wantErr: ErrBadHandshake},
+		{name: "version 12", target: newEcho(t), give: http.Header{"Sec-Websocket-Version": {"12"}}, want: 426, wantErr: ErrBadVersion},
+		{name: "no version", target: newEcho(t), give: http.Header{"Sec-Websocket-Version": {}}, want: 426, wantErr: ErrBadVersion},
+		{name: "foreign origin", target: newEcho(t), give: http.Header{"Origin": {"https://evil.example"}}, want: 403, wantErr: ErrOriginDenied},
+		{name: "other protocol", target: newEcho(t), give: http.Header{":protocol": {"webtransport"}}, want: 426, wantErr: ErrNotWebSocket},
+		{name: "backend refuses", target: refuser, want: 403, wantErr: ErrUpgradeRefused},
+		{name: "backend answers 200", target: plain, want: 502, wantErr: ErrInvalidUpgrade},
+		{name: "backend down", target: down, want: 502, wantErr: ErrDial},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			rejected := make(chan error, 1)
+			f := newH2Fixture(t, []string{tt.target}, WithHooks(Hooks{OnReject: func(_ *http.Request, err error) { rejected <- err }}))
+			_, resp, err := f.dialH2(t, "/", tt.give)
+			require.NoError(t, err)
+			body, _ := io.ReadAll(resp.Body)
+			assert.Equal(t, tt.want, resp.StatusCode, "body: %s", body)
+			assert.Empty(t, resp.Header.Values("Upgrade"), "no Upgrade header in HTTP/2")
+			if tt.want == 426 && tt.wantErr == ErrBadVersion {
+				assert.Equal(t, "13", resp.Header.Get("Sec-Websocket-Version"))
+			}
+			if tt.name == "backend refuses" {
+				assert.Equal(t, "no ticket", resp.Header.Get("X-Reason"))
+				assert.Equal(t, "go away\n", string(body))
+			}
+			select {
+			case err := <-rejected:
+				assert.ErrorIs(t, err, tt.wantErr)
+				assert.Equal(t, tt.want, StatusCode(err))
+			case <-time.After(5 * time.Second):
+				assert.Fail(t, "no OnReject")
+			}
+			assert.Empty(t, f.upgrade, "no tunnel for the refused request")
+			// The refusal ended only its stream: the connection serves the next.
+			require.NoError(t, f.p.SetTargets([]string{newEcho(t)}))
+			c, _ := f.mustDial(t, "/", nil)
+			echoMessage(t, c, wsframe.OpText, []byte("next"))
+			assert.Equal(t, int32(1), f.conns.Load())
+		})
+	}
+}
+
+func TestH2OtherConnectGoesToFallback(t *testing.T) {
+	t.Parallel()
+	var got atomic.Value
+	fallback := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got.Store(r.Method + " " + r.Header.Get(":protocol"))
+		w.WriteHeader(http.StatusTeapot)
+	})
+	f := newH2Fixture(t, []string{newEcho(t)}, WithFallback(fallback))
+	_, resp, err := f.dialH2(t, "/", http.Header{":protocol": {"connect-udp"}})
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusTeapot, resp.StatusCode)
+	assert.Equal(t, "CONNECT connect-udp", got.Load())
 }
