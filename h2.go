@@ -73,6 +73,12 @@ func (p *Proxy) serveH2(w http.ResponseWriter, r *http.Request) {
 		p.reject(w, r, err)
 		return
 	}
+	slot, err := p.admit(r)
+	if err != nil {
+		p.reject(w, r, err)
+		return
+	}
+	defer slot.release() // unless the tunnel took it over
 	// A middleware that wraps w without Unwrap could buffer or compress the
 	// stream; refuse it before a backend is dialled, as for HTTP/1.1.
 	rc := http.NewResponseController(w)
@@ -84,7 +90,7 @@ func (p *Proxy) serveH2(w http.ResponseWriter, r *http.Request) {
 		p.reject(w, r, ErrShuttingDown)
 		return
 	}
-	tn, client := p.openH2(w, r, rc)
+	tn, client := p.openH2(w, r, rc, slot)
 	if tn == nil {
 		return
 	}
@@ -95,7 +101,7 @@ func (p *Proxy) serveH2(w http.ResponseWriter, r *http.Request) {
 // openH2 performs the backend handshake for an RFC 8441 request, answers
 // the client and starts the tunnel. It returns a nil tunnel if the request
 // was answered otherwise.
-func (p *Proxy) openH2(w http.ResponseWriter, r *http.Request, rc *http.ResponseController) (*tunnel, *h2Conn) {
+func (p *Proxy) openH2(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, slot *admission) (*tunnel, *h2Conn) {
 	defer p.leave()
 
 	t, back, resp, br, err := p.connect(h2BackendView(r))
@@ -109,8 +115,7 @@ func (p *Proxy) openH2(w http.ResponseWriter, r *http.Request, rc *http.Response
 		if status < 300 {
 			// A 2xx would tell the client its WebSocket is open (RFC 8441
 			// §5) when the backend is in fact serving plain HTTP.
-			resp.Body.Close()
-			back.Close()
+			back.Close() // not resp.Body.Close, which would read the body to its end
 			t.open.Add(-1)
 			t.stats.failures.Add(1)
 			p.failures.Add(1)
@@ -149,6 +154,7 @@ func (p *Proxy) openH2(w http.ResponseWriter, r *http.Request, rc *http.Response
 	tn := newTunnel(p, t, client, nil, back, backBuf, info)
 	client.closeTimeout = p.cfg.closeTimeout
 	client.awaitingClose = func() bool { return tn.down.sentClose.Load() && !tn.up.srcClosed.Load() }
+	tn.slot = slot.handOver()
 	p.total.Add(1)
 	t.stats.total.Add(1)
 	shuttingDown := p.register(tn)
@@ -171,8 +177,7 @@ func (p *Proxy) openH2(w http.ResponseWriter, r *http.Request, rc *http.Response
 func h2BackendView(r *http.Request) *http.Request {
 	var b [16]byte
 	rand.Read(b[:])
-	r2 := new(http.Request)
-	*r2 = *r
+	r2 := r.WithContext(r.Context())
 	r2.Header = r.Header.Clone()
 	delete(r2.Header, ":protocol")
 	r2.Header["Sec-Websocket-Key"] = []string{base64.StdEncoding.EncodeToString(b[:])}

@@ -629,3 +629,62 @@ func TestH2OtherConnectGoesToFallback(t *testing.T) {
 	assert.Equal(t, http.StatusTeapot, resp.StatusCode)
 	assert.Equal(t, "CONNECT connect-udp", got.Load())
 }
+
+// The admission limits count RFC 8441 streams like HTTP/1.1 tunnels, and a
+// stream's place is given back when it ends.
+func TestH2MaxTunnelsPerIP(t *testing.T) {
+	t.Parallel()
+	f := newH2Fixture(t, []string{newEcho(t)}, WithMaxTunnelsPerIP(1))
+	c, _ := f.mustDial(t, "/", nil)
+	_, resp, err := f.dialH2(t, "/", nil)
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
+	assert.NotEmpty(t, resp.Header.Get("Retry-After"))
+
+	require.NoError(t, c.WriteClose(1000, ""))
+	f.nextClose(t)
+	c, _ = f.mustDial(t, "/", nil)
+	echoMessage(t, c, wsframe.OpText, []byte("my turn"))
+}
+
+// Tunnel timeouts work on HTTP/2 streams: the idle timeout closes with
+// 1001 at a frame boundary.
+func TestH2IdleTimeout(t *testing.T) {
+	t.Parallel()
+	f := newH2Fixture(t, []string{newEcho(t)}, WithIdleTimeout(100*time.Millisecond))
+	c, _ := f.mustDial(t, "/", nil)
+	echoMessage(t, c, wsframe.OpText, []byte("hi"))
+	_, _, err := c.ReadMessage() // waits for the proxy's close, then answers it
+	var ce *wstest.CloseError
+	require.ErrorAs(t, err, &ce)
+	assert.Equal(t, 1001, ce.Code)
+	_, err = c.ReadFrame()
+	assert.ErrorIs(t, err, io.EOF)
+	ci := f.nextClose(t)
+	assert.Equal(t, "idle timeout", ci.Reason)
+	assert.NoError(t, ci.Err)
+}
+
+// noUnwrap is a middleware's ResponseWriter that hides the real one.
+type noUnwrap struct{ http.ResponseWriter }
+
+// A ResponseWriter the proxy cannot reach through (it might buffer the
+// stream) is refused before a backend is dialled.
+func TestH2WrappedWriterRefused(t *testing.T) {
+	t.Parallel()
+	var dialled atomic.Bool
+	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		dialled.Store(true)
+		wstest.EchoHandler().ServeHTTP(w, r)
+	}))
+	f := newH2FixtureWith(t, func(s *http.Server) {
+		p := s.Handler
+		s.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			p.ServeHTTP(noUnwrap{w}, r)
+		})
+	}, []string{backend})
+	_, resp, err := f.dialH2(t, "/", nil)
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusInternalServerError, resp.StatusCode)
+	assert.False(t, dialled.Load())
+}
