@@ -1,0 +1,75 @@
+// Command metrics runs wsproxy in front of an echo backend and exports its
+// Stats and hooks to Prometheus on /metrics:
+//
+//	go run . -listen 127.0.0.1:8080
+//	curl -s 127.0.0.1:8080/metrics | grep wsproxy_
+//
+// It is a nested module so that the library never depends on Prometheus.
+package main
+
+import (
+	"flag"
+	"log"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/net/websocket"
+
+	"github.com/wsproxy/wsproxy"
+)
+
+func main() {
+	listen := flag.String("listen", "127.0.0.1:8080", "address of the proxy and /metrics")
+	backend := flag.String("backend", "", "WebSocket backend (default: an echo backend started here)")
+	flag.Parse()
+	if *backend == "" {
+		addr, err := startEcho()
+		if err != nil {
+			log.Fatal(err)
+		}
+		*backend = "ws://" + addr
+	}
+	handler, _, err := newServer([]string{*backend})
+	if err != nil {
+		log.Fatal(err)
+	}
+	log.Printf("proxy on ws://%s/ws, metrics on http://%s/metrics", *listen, *listen)
+	srv := &http.Server{Addr: *listen, Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	log.Fatal(srv.ListenAndServe())
+}
+
+// newServer wires a proxy, its collector and the /metrics endpoint.
+func newServer(targets []string) (http.Handler, *wsproxy.Proxy, error) {
+	collector := NewCollector()
+	p, err := wsproxy.New(targets, wsproxy.WithHooks(collector.Hooks()))
+	if err != nil {
+		return nil, nil, err
+	}
+	collector.SetProxy(p)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collector)
+	mux := http.NewServeMux()
+	mux.Handle("GET /ws", p)
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	return mux, p, nil
+}
+
+func startEcho() (string, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	go http.Serve(ln, websocket.Server{
+		Handshake: func(*websocket.Config, *http.Request) error { return nil },
+		Handler: func(c *websocket.Conn) {
+			var msg string
+			for websocket.Message.Receive(c, &msg) == nil {
+				websocket.Message.Send(c, msg)
+			}
+		},
+	})
+	return ln.Addr().String(), nil
+}
