@@ -122,6 +122,17 @@
 // after a scale-out, WithMaxLifetime closes them politely over time and
 // clients reconnect to where the policy sends them.
 //
+// # Limits
+//
+// WithMaxTunnels caps open tunnels (503), WithMaxTunnelsPerIP caps them per
+// client and WithHandshakeRate limits how fast a client may open them (429),
+// all with Retry-After and checked before any backend is dialled. A client
+// is an IPv4 address or an IPv6 /64, found through WithTrustedProxies when
+// the proxy sits behind others. All three are off by default: behind a load
+// balancer the proxy is not told about, every client would share one
+// address. Slow clients are the http.Server's to cut: set ReadHeaderTimeout
+// (a few seconds) and MaxHeaderBytes; neither affects established tunnels.
+//
 // # Shutdown
 //
 // http.Server.Shutdown does not see hijacked connections, so call
