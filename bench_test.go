@@ -1,0 +1,163 @@
+package wsproxy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wsproxy/wsproxy/internal/wsframe"
+	"github.com/wsproxy/wsproxy/internal/wstest"
+)
+
+// discardConn is a net.Conn whose writes vanish, for driving a pump
+// without sockets.
+type discardConn struct{ net.Conn }
+
+func (discardConn) Write(b []byte) (int, error) { return len(b), nil }
+func (discardConn) Close() error                { return nil }
+
+func benchRequest(b *testing.B) *http.Request {
+	raw := string(wstest.Request("app.example", "/chat?room=1", wstest.NewKey(),
+		"Origin: http://app.example", "Cookie: session=abc", "User-Agent: bench",
+		"Sec-WebSocket-Protocol: chat.v1", "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits"))
+	r, err := http.ReadRequest(bufio.NewReader(strings.NewReader(raw)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	r.RemoteAddr = "192.0.2.10:5555"
+	return r
+}
+
+// BenchmarkHandshakePath measures the proxy's own work per upgrade, without
+// sockets: checking the client's request and the origin, building and
+// writing the backend request, and validating the 101.
+func BenchmarkHandshakePath(b *testing.B) {
+	p, err := New([]string{"ws://10.0.0.1:9001/base"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	r := benchRequest(b)
+	t := p.set.Load().all[0]
+	w := bufio.NewWriterSize(io.Discard, 1024)
+	resp := &http.Response{StatusCode: 101, ProtoMajor: 1, ProtoMinor: 1, Header: http.Header{
+		"Upgrade":              {"websocket"},
+		"Connection":           {"Upgrade"},
+		"Sec-Websocket-Accept": {computeAccept(r.Header.Get("Sec-Websocket-Key"))},
+	}}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := checkClientRequest(r); err != nil {
+			b.Fatal(err)
+		}
+		if err := p.checkOrigin(r); err != nil {
+			b.Fatal(err)
+		}
+		req, err := p.newBackendRequest(r, t)
+		if err != nil {
+			b.Fatal(err)
+		}
+		req.writeTo(w)
+		if err := checkUpgradeResponse(resp, req); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkHandshake is a whole upgrade through the proxy on loopback:
+// client handshake, backend handshake, 101, close.
+func BenchmarkHandshake(b *testing.B) {
+	backend := &http.Server{Handler: wstest.EchoHandler()}
+	bl, _ := net.Listen("tcp", "127.0.0.1:0")
+	go backend.Serve(bl)
+	defer backend.Close()
+	p, err := New([]string{"ws://" + bl.Addr().String()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	front := &http.Server{Handler: p}
+	fl, _ := net.Listen("tcp", "127.0.0.1:0")
+	go front.Serve(fl)
+	defer front.Close()
+	defer p.Close()
+	url := "ws://" + fl.Addr().String()
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		c, _, err := wstest.Dial(ctx, url, nil, nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		c.Close()
+	}
+}
+
+// BenchmarkTunnelEcho sends messages through the proxy to an echo backend
+// and reads them back, one at a time.
+func BenchmarkTunnelEcho(b *testing.B) {
+	for _, size := range []int{128, 64 << 10} {
+		b.Run(fmt.Sprintf("%dB", size), func(b *testing.B) {
+			backend := &http.Server{Handler: wstest.EchoHandler()}
+			bl, _ := net.Listen("tcp", "127.0.0.1:0")
+			go backend.Serve(bl)
+			defer backend.Close()
+			p, err := New([]string{"ws://" + bl.Addr().String()})
+			if err != nil {
+				b.Fatal(err)
+			}
+			front := &http.Server{Handler: p}
+			fl, _ := net.Listen("tcp", "127.0.0.1:0")
+			go front.Serve(fl)
+			defer front.Close()
+			defer p.Close()
+			c, _, err := wstest.Dial(context.Background(), "ws://"+fl.Addr().String(), nil, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(time.Minute))
+			msg := make([]byte, size)
+			b.SetBytes(int64(2 * size))
+			b.ReportAllocs()
+			for b.Loop() {
+				if err := c.WriteMessage(wsframe.OpBinary, msg); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := c.ReadFrame(); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkFrameTracking runs a pump's frame tracking over a 32 KiB chunk
+// of masked client frames, as it comes off a socket.
+func BenchmarkFrameTracking(b *testing.B) {
+	for _, size := range []int{16, 128, 4096} {
+		b.Run(fmt.Sprintf("%dB-frames", size), func(b *testing.B) {
+			var stream []byte
+			for len(stream) < bufSize-wsframe.MaxHeaderLen-size {
+				stream = wstest.AppendFrame(stream, wstest.Frame{Fin: true, Op: wsframe.OpBinary, Payload: make([]byte, size)}, true)
+			}
+			p := &Proxy{}
+			tn := &tunnel{p: p}
+			pu := &pump{t: tn, dst: discardConn{}, fromClient: true}
+			buf := make([]byte, bufHeadroom+bufSize)
+			b.SetBytes(int64(len(stream)))
+			b.ReportAllocs()
+			for b.Loop() {
+				n := copy(buf[bufHeadroom:], stream)
+				if err := pu.chunk(buf, n); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
