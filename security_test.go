@@ -54,6 +54,21 @@ func newRecorder(t *testing.T, h http.Handler) (string, *recorder) {
 	return url, rec
 }
 
+// upgradeBackend starts a backend that accepts the upgrade and hands the
+// connection, with a 5s deadline, to script.
+func upgradeBackend(t *testing.T, script func(c *wstest.Conn)) string {
+	t.Helper()
+	return newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := wstest.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		script(c)
+	}))
+}
+
 // statusHandler answers every request with status and a short body.
 func statusHandler(status int) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -339,16 +354,10 @@ func TestSecurityFrameMasking(t *testing.T) {
 	t.Run("unmasked from the client", func(t *testing.T) {
 		t.Parallel()
 		got := make(chan []byte, 1)
-		backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			c, err := wstest.Upgrade(w, r, nil)
-			if err != nil {
-				return
-			}
-			defer c.Close()
-			c.SetDeadline(time.Now().Add(5 * time.Second))
+		backend := upgradeBackend(t, func(c *wstest.Conn) {
 			b, _ := io.ReadAll(c)
 			got <- b
-		}))
+		})
 		_, url := newProxy(t, []string{backend})
 		c := dial(t, url)
 		_, err := c.Conn.Write(wstest.AppendFrame(nil, wstest.Frame{Fin: true, Op: wsframe.OpBinary, Payload: poison}, false))
@@ -358,16 +367,10 @@ func TestSecurityFrameMasking(t *testing.T) {
 	})
 	t.Run("masked from the backend", func(t *testing.T) {
 		t.Parallel()
-		backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			c, err := wstest.Upgrade(w, r, nil)
-			if err != nil {
-				return
-			}
-			defer c.Close()
+		backend := upgradeBackend(t, func(c *wstest.Conn) {
 			c.Conn.Write(wstest.AppendFrame(nil, wstest.Frame{Fin: true, Op: wsframe.OpBinary, Payload: poison}, true))
-			c.SetDeadline(time.Now().Add(5 * time.Second))
 			io.Copy(io.Discard, c)
-		}))
+		})
 		_, url := newProxy(t, []string{backend})
 		c := dial(t, url)
 		f, err := c.ReadFrame()
@@ -397,17 +400,11 @@ func TestSecurityNonMinimalControlFrame(t *testing.T) {
 	want := append(append([]byte(nil), ping...), next...)
 
 	got := make(chan []byte, 1)
-	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := wstest.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
+	backend := upgradeBackend(t, func(c *wstest.Conn) {
 		b := make([]byte, len(want))
 		n, _ := io.ReadFull(c, b)
 		got <- b[:n]
-	}))
+	})
 	_, url := newProxy(t, []string{backend})
 	c := dial(t, url)
 
