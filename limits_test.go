@@ -117,8 +117,8 @@ func TestMaxTunnelsPerIP(t *testing.T) {
 func TestHandshakeRate(t *testing.T) {
 	t.Parallel()
 	onReject, errs := rejects()
-	// One token every two seconds: none comes back during the test.
-	_, url := newProxy(t, []string{newEcho(t)}, WithHandshakeRate(0.5, 2), onReject, trustLoopback)
+	// One token every ten seconds: none comes back during the test.
+	_, url := newProxy(t, []string{newEcho(t)}, WithHandshakeRate(0.1, 2), onReject, trustLoopback)
 
 	for range 2 {
 		c, _ := dialAs(t, t, url, "198.51.100.1")
@@ -128,7 +128,7 @@ func TestHandshakeRate(t *testing.T) {
 	_, resp := dialAs(t, t, url, "198.51.100.1")
 	require.NotNil(t, resp)
 	assert.Equal(t, http.StatusTooManyRequests, resp.StatusCode)
-	assert.Equal(t, "2", resp.Header.Get("Retry-After"), "seconds until the next token")
+	assert.Equal(t, "10", resp.Header.Get("Retry-After"), "seconds until the next token")
 	assert.ErrorIs(t, <-errs, ErrRateLimited)
 
 	c, _ := dialAs(t, t, url, "198.51.100.2")
