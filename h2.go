@@ -117,10 +117,9 @@ func (p *Proxy) openH2(w http.ResponseWriter, r *http.Request, rc *http.Response
 			// §5) when the backend is in fact serving plain HTTP.
 			back.Close() // not resp.Body.Close, which would read the body to its end
 			t.open.Add(-1)
-			t.stats.failures.Add(1)
-			p.failures.Add(1)
-			p.reject(w, r, &BackendError{Target: t.raw, Op: "upgrade",
-				Err: fmt.Errorf("%w: status %d", ErrInvalidUpgrade, status)})
+			err := &BackendError{Target: t.raw, Op: "upgrade", Err: fmt.Errorf("%w: status %d", ErrInvalidUpgrade, status)}
+			p.reportFailure(t, err)
+			p.reject(w, r, err)
 			return nil, nil
 		}
 		p.relayH2(w, resp, back)
