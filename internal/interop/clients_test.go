@@ -118,7 +118,8 @@ func (g *gorillaConn) send(binary bool, p []byte) error {
 }
 
 // sendFragmented writes through NextWriter; gorilla emits a frame each time
-// its 1 MiB write buffer fills, so a 2.5 MiB message leaves as three frames.
+// its 1 MiB write buffer fills, so a 2.5 MiB message leaves as three frames
+// whatever parts says.
 func (g *gorillaConn) sendFragmented(binary bool, p []byte, parts []int) error {
 	w, err := g.c.NextWriter(gorillaType(binary))
 	if err != nil {
