@@ -139,7 +139,21 @@
 // Proxy.Shutdown too: it refuses new upgrades with 503, sends every open
 // tunnel a close frame 1001 (going away) to both sides, at a frame boundary,
 // and returns once all tunnels are gone or the context ends, when it closes
-// the rest. Close closes everything at once.
+// the rest. Close closes everything at once. HTTP/2 tunnels (below) live in
+// their handlers, which http.Server.Shutdown waits for: call Proxy.Shutdown
+// first or at the same time.
+//
+// # HTTP/2
+//
+// A browser already talking HTTP/2 to the server opens a WebSocket as a
+// stream of that connection (RFC 8441): CONNECT with :protocol websocket,
+// no Sec-WebSocket-Key, answered by 200. The proxy checks it the same way
+// (400 for a key, 426 for a version other than 13), applies the same
+// origin policy, limits, balancing, timeouts and hooks (TunnelInfo.Proto
+// is "HTTP/2.0"), and talks HTTP/1.1 to the backend with a key of its own.
+// Go's HTTP/2 server (Go 1.24 on) offers this only when the process starts
+// with GODEBUG=http2xconnect=1 in its environment (not //go:debug).
+// Without it, browsers use HTTP/1.1 upgrades as before.
 //
 // # Errors
 //
