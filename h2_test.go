@@ -688,3 +688,54 @@ func TestH2WrappedWriterRefused(t *testing.T) {
 	assert.Equal(t, http.StatusInternalServerError, resp.StatusCode)
 	assert.False(t, dialled.Load())
 }
+
+// Unencrypted HTTP/2 (prior knowledge, http.Server.Protocols) carries RFC
+// 8441 WebSockets too; the backend is told the client used http.
+func TestH2Cleartext(t *testing.T) {
+	t.Parallel()
+	requireXConnect(t)
+	rec := &recordingEcho{}
+	f := &h2Fixture{upgrade: make(chan TunnelInfo, 4), closed: make(chan CloseInfo, 4)}
+	p, err := New([]string{newBackend(t, rec)}, WithHooks(Hooks{OnUpgrade: func(ti TunnelInfo) { f.upgrade <- ti }}))
+	require.NoError(t, err)
+	f.p = p
+	f.srv = httptest.NewUnstartedServer(p)
+	f.srv.Config.Protocols = new(http.Protocols)
+	f.srv.Config.Protocols.SetUnencryptedHTTP2(true)
+	f.srv.Start()
+	f.url = f.srv.URL
+	f.tr = &http2.Transport{AllowHTTP: true, DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, addr)
+	}}
+	t.Cleanup(func() {
+		p.Close()
+		f.tr.CloseIdleConnections()
+		f.srv.Close()
+	})
+
+	c, resp := f.mustDial(t, "/", nil)
+	assert.Equal(t, 2, resp.ProtoMajor)
+	echoMessage(t, c, wsframe.OpText, []byte("h2c"))
+	assert.Equal(t, "HTTP/2.0", f.nextUpgrade(t).Proto)
+	assert.Equal(t, "http", rec.last().Header.Get("X-Forwarded-Proto"))
+}
+
+// A plain HTTP/2 request to the proxy gets 426 without the Upgrade and
+// Connection headers HTTP/2 forbids, and the connection stays usable.
+func TestH2PlainRequestNotUpgrade(t *testing.T) {
+	t.Parallel()
+	f := newH2Fixture(t, []string{newEcho(t)})
+	req, err := http.NewRequest(http.MethodGet, f.url+"/", nil)
+	require.NoError(t, err)
+	resp, err := f.tr.RoundTrip(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusUpgradeRequired, resp.StatusCode)
+	assert.Empty(t, resp.Header.Values("Upgrade"))
+	assert.Empty(t, resp.Header.Values("Connection"))
+
+	c, _ := f.mustDial(t, "/", nil)
+	echoMessage(t, c, wsframe.OpText, []byte("same connection"))
+	assert.Equal(t, int32(1), f.conns.Load())
+}
