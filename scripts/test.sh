@@ -27,10 +27,17 @@ step "gofmt"
 unformatted=$(gofmt -l $(git ls-files '*.go') 2>/dev/null || true)
 if [ -n "$unformatted" ]; then echo "gofmt would change: $unformatted"; exit 1; fi
 
+# go test hides a passing package's output; the interop test also writes its
+# client x backend matrix here so it can be shown.
+export WSPROXY_INTEROP_REPORT="${TMPDIR:-/tmp}/wsproxy-interop-matrix.$$.txt"
 for m in "${modules[@]}"; do
   step "go vet + go test -race ($m)"
   (cd "$m" && go vet ./... && go test -race -count=1 -timeout 20m ./...)
 done
+if [ -s "$WSPROXY_INTEROP_REPORT" ]; then
+  step "interop matrix"
+  cat "$WSPROXY_INTEROP_REPORT" && rm -f "$WSPROXY_INTEROP_REPORT"
+fi
 
 if [ -x scripts/fuzz.sh ]; then
   step "fuzz"

@@ -88,7 +88,15 @@ func TestMain(m *testing.M) {
 	if theBrowser != nil {
 		theBrowser.stop()
 	}
+	// go test shows this only with -v or on failure; scripts/test.sh sets
+	// WSPROXY_INTEROP_REPORT and prints the file.
 	printMatrix(os.Stdout)
+	if path := os.Getenv("WSPROXY_INTEROP_REPORT"); path != "" {
+		if f, err := os.Create(path); err == nil {
+			printMatrix(f)
+			f.Close()
+		}
+	}
 	os.Exit(code)
 }
 
