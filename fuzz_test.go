@@ -215,8 +215,10 @@ func FuzzFrameTracker(f *testing.F) {
 			buf := make([]byte, bufHeadroom+n)
 			copy(buf[bufHeadroom:], stream[o:o+n])
 			start := bufHeadroom - pu.ncarry
-			copy(buf[start:], pu.carry[:pu.ncarry])
-			pu.ncarry = 0
+			if pu.ncarry > 0 {
+				copy(buf[start:], pu.carry[:pu.ncarry])
+				pu.ncarry = 0
+			}
 			err = pu.process(buf[start:])
 			o += n
 			if err != nil {

@@ -151,6 +151,7 @@ func (p *Proxy) openH2(w http.ResponseWriter, r *http.Request, rc *http.Response
 		Start:       time.Now(),
 	}
 	tn := newTunnel(p, t, client, nil, back, backBuf, info)
+	tn.done = make(chan struct{}) // the handler waits for the tunnel
 	client.closeTimeout = p.cfg.closeTimeout
 	client.awaitingClose = func() bool { return tn.down.sentClose.Load() && !tn.up.srcClosed.Load() }
 	tn.slot = slot.handOver()

@@ -532,7 +532,7 @@ func TestH2Shutdown(t *testing.T) {
 	for range n {
 		ci := f.nextClose(t)
 		assert.Equal(t, "shutdown", ci.Reason)
-		assert.Equal(t, 1001, ci.ClientToBackend.CloseCode, "the client answered the proxy's 1001")
+		assert.Equal(t, 1001, ci.ClientToBackend.CloseCode, "the client answered the proxy's 1001: %+v", ci)
 	}
 	_, resp, err := f.dialH2(t, "/", nil)
 	require.NoError(t, err)

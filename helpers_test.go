@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -16,7 +17,14 @@ import (
 	"github.com/wsproxy/wsproxy/internal/wstest"
 )
 
-func TestMain(m *testing.M) { leakcheck.Main(m) }
+func TestMain(m *testing.M) {
+	// WSPROXY_TEST_PARK_AFTER=5ms makes every pump park in the reactor
+	// almost at once, to run the whole suite through the parking paths.
+	if d, err := time.ParseDuration(os.Getenv("WSPROXY_TEST_PARK_AFTER")); err == nil {
+		parkAfter = d
+	}
+	leakcheck.Main(m)
+}
 
 // newBackend starts an HTTP server with handler h and returns its ws:// URL.
 func newBackend(t *testing.T, h http.Handler) string {

@@ -7,8 +7,10 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/wsproxy/wsproxy/internal/wsframe"
@@ -40,8 +42,9 @@ type tunnel struct {
 	timers    []*time.Timer
 	halfClose *time.Timer
 
-	running atomic.Int32 // pumps still running
-	done    chan struct{}
+	lingering atomic.Bool  // the close handshake is done: read deadlines run out the linger
+	running   atomic.Int32 // pumps still running
+	done      chan struct{}
 
 	slot *admission // the client's places under the limits, released at the end
 }
@@ -54,10 +57,9 @@ type pump struct {
 	src, dst   net.Conn
 	fromClient bool   // src is the client: its frames are masked, and frames the proxy writes to dst must be masked
 	initial    []byte // bytes read from src before the hijack, processed first
-	peer       *pump  // the other direction
 
 	// Read state, owned by the pump's goroutine.
-	carry     [wsframe.MaxControlFrame]byte // unconsumed tail: a partial header or control frame
+	carry     *[wsframe.MaxControlFrame]byte // unconsumed tail: a partial header or control frame; allocated on first use, as most tunnels never need it
 	ncarry    int
 	remaining uint64 // payload bytes of the current data frame still to pass
 	msgSize   uint64 // bytes of the current (possibly fragmented) message so far
@@ -71,8 +73,14 @@ type pump struct {
 	hasPending   atomic.Bool
 	sentClose    atomic.Bool // a close frame was written to dst; nothing follows it
 
-	// Plain TCP on both ends: large payloads can skip user space.
-	srcTCP, dstTCP *net.TCPConn
+	spliceOK bool // plain TCP on both ends: large payloads can skip user space
+
+	// Idle parking (see reactor_linux.go); rawSrc is nil where the pump
+	// cannot park (TLS, HTTP/2 streams, other systems).
+	rawSrc   syscall.RawConn
+	deadline int64  // unix nanoseconds of the idle read deadline the pump set
+	token    uint64 // the reactor's name for the pump
+	epGen    uint64 // the reactor generation the socket is registered with
 
 	// Observed facts, read by the tunnel and Stats.
 	bytes     atomic.Int64 // bytes written to dst, the proxy's own frames included
@@ -99,16 +107,15 @@ var bufPool = sync.Pool{New: func() any {
 var errProtocol = errors.New("websocket protocol error")
 
 func newTunnel(p *Proxy, t *Target, client net.Conn, clientBuf []byte, back net.Conn, backBuf []byte, info TunnelInfo) *tunnel {
-	tn := &tunnel{p: p, target: t, client: client, back: back, info: info, done: make(chan struct{}), pingID: rand.Uint32()}
+	tn := &tunnel{p: p, target: t, client: client, back: back, info: info, pingID: rand.Uint32()}
 	tn.up = pump{t: tn, src: client, dst: back, fromClient: true, initial: clientBuf}
 	tn.down = pump{t: tn, src: back, dst: client, initial: backBuf}
-	tn.up.peer, tn.down.peer = &tn.down, &tn.up
-	if c, ok := client.(*net.TCPConn); ok {
-		if b, ok := back.(*net.TCPConn); ok {
-			tn.up.srcTCP, tn.up.dstTCP = c, b
-			tn.down.srcTCP, tn.down.dstTCP = b, c
-		}
-	}
+	_, clientTCP := client.(*net.TCPConn)
+	_, backTCP := back.(*net.TCPConn)
+	tn.up.spliceOK = clientTCP && backTCP
+	tn.down.spliceOK = tn.up.spliceOK
+	tn.up.rawSrc = parkableConn(client)
+	tn.down.rawSrc = parkableConn(back)
 	tn.lastActive.Store(info.Start.UnixNano())
 	now := info.Start.UnixNano()
 	tn.up.lastRead.Store(now)
@@ -149,8 +156,24 @@ func (tn *tunnel) start() {
 	}
 	tn.mu.Unlock()
 	tn.running.Store(2)
-	go tn.up.run()
-	go tn.down.run()
+	tn.up.begin()
+	tn.down.begin()
+}
+
+// begin starts the pump: parked if it has nothing to do yet, so a fresh
+// idle tunnel never holds a goroutine.
+func (p *pump) begin() {
+	if len(p.initial) == 0 && p.rawSrc != nil && theReactor.park(p) {
+		return
+	}
+	go p.run()
+}
+
+// wake runs a parked pump now, because the tunnel is ending.
+func (p *pump) wake() {
+	if theReactor.unpark(p) {
+		go p.run()
+	}
 }
 
 // keepalive checks that each peer sent something since the last ping it
@@ -216,11 +239,17 @@ func (tn *tunnel) checkCloseHandshake() {
 	if !(tn.up.srcClosed.Load() && tn.down.srcClosed.Load() && tn.up.sentClose.Load() && tn.down.sentClose.Load()) {
 		return
 	}
+	tn.mu.Lock()
+	tn.lingering.Store(true)
 	deadline := time.Now().Add(tn.p.cfg.closeTimeout)
 	for _, c := range []net.Conn{tn.client, tn.back} {
 		closeWrite(c)
 		c.SetReadDeadline(deadline)
 	}
+	tn.mu.Unlock()
+	// A parked pump would never see its deadline.
+	tn.up.wake()
+	tn.down.wake()
 }
 
 func closeWrite(c net.Conn) {
@@ -244,6 +273,8 @@ func (tn *tunnel) teardown(err error) {
 	tn.mu.Unlock()
 	tn.client.Close()
 	tn.back.Close()
+	tn.up.wake()
+	tn.down.wake()
 }
 
 // pumpDone is called by each pump as it ends, with nil for a clean EOF.
@@ -266,7 +297,7 @@ func (tn *tunnel) pumpDone(p *pump, err error) {
 			})
 		}
 		tn.mu.Unlock()
-		if p.peer.srcClosed.Load() && p.srcClosed.Load() {
+		if p.peer().srcClosed.Load() && p.srcClosed.Load() {
 			// Both sides sent their close frame and one hung up: done.
 			tn.teardown(nil)
 		}
@@ -312,16 +343,30 @@ func (tn *tunnel) finish() {
 		Err:             err,
 	}
 	tn.p.tunnelClosed(tn, info)
-	close(tn.done)
+	if tn.done != nil {
+		close(tn.done)
+	}
+}
+
+// peer returns the pump of the other direction.
+func (p *pump) peer() *pump {
+	if p == &p.t.up {
+		return &p.t.down
+	}
+	return &p.t.up
 }
 
 func (p *pump) traffic() Traffic {
 	return Traffic{Bytes: p.bytes.Load(), Messages: p.messages.Load(), CloseCode: int(p.closeCode.Load())}
 }
 
-// run is the pump's goroutine: read, track frames, write, until src ends.
+// run is the pump's goroutine: read, track frames, write, until src ends
+// or the pump parks.
 func (p *pump) run() {
 	err := p.loop()
+	if err == errParked {
+		return // the reactor runs the pump again when bytes come
+	}
 	if p.ncarry > 0 && err == nil {
 		err = fmt.Errorf("%w: connection ended inside a frame", io.ErrUnexpectedEOF)
 	}
@@ -341,9 +386,25 @@ func (p *pump) loop() error {
 	}
 	p.initial = nil
 	for {
-		// Wait for bytes before taking a buffer, so idle tunnels hold none.
-		if err := waitReadable(p.src); err != nil {
-			return err
+		// Wait for bytes before taking a buffer, so idle tunnels hold none,
+		// and park after parkAfter without any.
+		if p.rawSrc != nil {
+			p.armIdleDeadline()
+			if err := p.rawSrc.Read(peekReady); err != nil {
+				if !errors.Is(err, os.ErrDeadlineExceeded) {
+					return err
+				}
+				if p.tryPark() {
+					return errParked
+				}
+				// Only the linger deadline of a finished close handshake
+				// ends the pump; during a polite close the close timeout
+				// bounds the wait, so the idle deadline just moves on.
+				if p.t.lingering.Load() {
+					return err
+				}
+				continue
+			}
 		}
 		bp := bufPool.Get().(*[]byte)
 		n, rerr := p.src.Read((*bp)[bufHeadroom:])
@@ -358,15 +419,51 @@ func (p *pump) loop() error {
 		if rerr == io.EOF {
 			return nil
 		}
-		if rerr != nil {
+		if rerr != nil && !(p.rawSrc != nil && errors.Is(rerr, os.ErrDeadlineExceeded)) {
 			return rerr
 		}
-		if p.remaining >= spliceMin && spliceMin > 0 && p.dstTCP != nil && !p.broken {
+		if p.remaining >= spliceMin && spliceMin > 0 && p.spliceOK && !p.broken {
 			if err := p.splice(); err != nil {
 				return err
 			}
 		}
 	}
+}
+
+// parkAfter is how long a pump waits for bytes in its goroutine before it
+// parks in the reactor. Shorter saves memory sooner; longer spares busy
+// but bursty tunnels the reactor's extra hop.
+var parkAfter = 2 * time.Second
+
+var errParked = errors.New("pump parked")
+
+// armIdleDeadline keeps a read deadline parkAfter ahead, moving it only
+// when half of it is used up, so a busy pump rarely touches its timer.
+// During the close handshake the linger deadline rules instead.
+func (p *pump) armIdleDeadline() {
+	if p.t.lingering.Load() {
+		return
+	}
+	now := time.Now().UnixNano()
+	if p.deadline-now < int64(parkAfter/2) {
+		p.deadline = now + int64(parkAfter)
+		p.src.SetReadDeadline(time.Unix(0, p.deadline))
+	}
+}
+
+// tryPark hands the pump to the reactor unless the tunnel is ending.
+func (p *pump) tryPark() bool {
+	tn := p.t
+	tn.mu.Lock()
+	if tn.closing || tn.torn || tn.lingering.Load() {
+		tn.mu.Unlock()
+		return false
+	}
+	// A parked socket must not keep a deadline: nothing would read it.
+	p.src.SetReadDeadline(time.Time{})
+	p.deadline = 0
+	tn.mu.Unlock()
+	return theReactor.park(p)
 }
 
 // spliceMin is the payload still to pass in the current frame from which
@@ -380,8 +477,11 @@ var spliceMin uint64 = 16 << 10
 // the stream is mid-frame, so the proxy's own frames wait in pending
 // until the frame ends.
 func (p *pump) splice() error {
-	lr := &io.LimitedReader{R: p.srcTCP, N: int64(p.remaining)}
-	n, err := p.dstTCP.ReadFrom(lr)
+	lr := &io.LimitedReader{R: p.src, N: int64(p.remaining)}
+	n, err := p.dst.(*net.TCPConn).ReadFrom(lr)
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		err = nil // the idle deadline: the loop parks or goes on
+	}
 	p.remaining -= uint64(n)
 	p.bytes.Add(n)
 	now := time.Now().UnixNano()
@@ -407,8 +507,10 @@ func (p *pump) chunk(buf []byte, n int) error {
 		return nil
 	}
 	start := bufHeadroom - p.ncarry
-	copy(buf[start:], p.carry[:p.ncarry])
-	p.ncarry = 0
+	if p.ncarry > 0 {
+		copy(buf[start:], p.carry[:p.ncarry])
+		p.ncarry = 0
+	}
 	err := p.process(buf[start : bufHeadroom+n])
 	if errors.Is(err, errProtocol) || errors.Is(err, errTooBig) {
 		// Framing is lost or the peer broke a limit: tell both sides, then
@@ -527,7 +629,12 @@ func (p *pump) process(data []byte) error {
 			p.writePending()
 		}
 	}
-	p.ncarry = copy(p.carry[:], data[i:])
+	if tail := data[i:]; len(tail) > 0 {
+		if p.carry == nil {
+			p.carry = new([wsframe.MaxControlFrame]byte)
+		}
+		p.ncarry = copy(p.carry[:], tail)
+	}
 	if forwarded {
 		p.t.lastActive.Store(time.Now().UnixNano())
 	}

@@ -6,23 +6,24 @@ import (
 	"unsafe"
 )
 
-// waitReadable blocks until c has bytes to read (or EOF, or an error),
-// without a buffer: the netpoller wakes the goroutine and a peek without
-// waiting tells whether the wake-up was real. Connections that are not plain
-// sockets (TLS, pipes) return at once and are read the ordinary way.
-func waitReadable(c net.Conn) error {
-	sc, ok := c.(syscall.Conn)
+// parkableConn returns the raw connection of a plain TCP socket, which the
+// pump waits on without a buffer and parks in the reactor, or nil.
+func parkableConn(c net.Conn) syscall.RawConn {
+	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return nil
 	}
-	rc, err := sc.SyscallConn()
+	rc, err := tc.SyscallConn()
 	if err != nil {
 		return nil
 	}
-	return rc.Read(peekReady)
+	return rc
 }
 
-// peekReady is a package-level function so that waiting allocates nothing.
+// peekReady is the callback of RawConn.Read that waits for bytes without a
+// buffer: the netpoller wakes the goroutine and a peek that does not wait
+// tells whether the wake-up was real (bytes, EOF or an error). It is a
+// package-level function so that waiting allocates nothing.
 func peekReady(fd uintptr) bool {
 	var b byte
 	_, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b)), 1,

@@ -2,8 +2,13 @@
 
 package wsproxy
 
-import "net"
+import (
+	"net"
+	"syscall"
+)
 
-// waitReadable returns at once where the buffer-free wait is not
-// implemented: the pump then blocks in Read holding its buffer.
-func waitReadable(net.Conn) error { return nil }
+// parkableConn returns nil where the buffer-free wait and the reactor are
+// not implemented: the pump then blocks in Read holding its buffer.
+func parkableConn(net.Conn) syscall.RawConn { return nil }
+
+func peekReady(uintptr) bool { return true }
