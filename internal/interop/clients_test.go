@@ -231,7 +231,9 @@ func (k *coderConn) recv() (bool, []byte, error) {
 func (k *coderConn) ping(payload []byte) ([]byte, error) {
 	done := make(chan error, 1)
 	go func() { done <- k.c.Ping(k.ctx) }()
-	for range 5 {
+	// Keep reading until Ping returns: its pong is only seen while a read
+	// is in progress, and the goroutine may write the ping late.
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); {
 		select {
 		case err := <-done:
 			if err != nil {
@@ -254,7 +256,7 @@ func (k *coderConn) ping(payload []byte) ([]byte, error) {
 		}
 		return payload, nil
 	case <-time.After(2 * time.Second):
-		return nil, errors.New("Ping did not return after 5 round trips")
+		return nil, errors.New("Ping did not return while reading for 5s")
 	}
 }
 
