@@ -34,6 +34,9 @@ for m in "${modules[@]}"; do
   step "go vet + go test -race ($m)"
   (cd "$m" && go vet ./... && go test -race -count=1 -timeout 20m ./...)
 done
+step "library again, with every idle pump parked in the reactor after 5ms"
+WSPROXY_TEST_PARK_AFTER=5ms go test -race -count=1 -timeout 10m .
+
 if [ -s "$WSPROXY_INTEROP_REPORT" ]; then
   step "interop matrix"
   cat "$WSPROXY_INTEROP_REPORT" && rm -f "$WSPROXY_INTEROP_REPORT"
