@@ -620,14 +620,17 @@ func (p *Proxy) relay(w http.ResponseWriter, resp *http.Response, conn net.Conn)
 // ran.
 func write101(conn net.Conn, pre http.Header, resp *http.Response, timeout time.Duration) error {
 	h := make(http.Header, len(pre)+len(resp.Header))
+	// A 101 has no content: Content-Type, -Length, -Encoding (a compression
+	// middleware sets that one before calling the proxy) would only confuse
+	// the client.
 	for k, vv := range pre {
-		if !isHopByHop(k) && k != "Content-Length" && k != "Content-Type" {
+		if !isHopByHop(k) && !strings.HasPrefix(k, "Content-") {
 			h[k] = vv
 		}
 	}
 	named := connectionTokens(resp.Header)
 	for k, vv := range resp.Header {
-		if !isHopByHop(k) && !named[k] {
+		if !isHopByHop(k) && !named[k] && !strings.HasPrefix(k, "Content-") {
 			h[k] = vv
 		}
 	}
