@@ -3,7 +3,7 @@
 # race detector: SOAK_TUNNELS tunnels through one proxy to four echo
 # backends for SOAK_DURATION, with backends killed and restarted, target
 # set changes, stalled clients and a final Shutdown. Prints the summary
-# table (also written to SOAK_SUMMARY when set). CI runs the same test,
+# table (also written to WSPROXY_SOAK_REPORT when set). CI runs the same test,
 # scaled for -race, as part of scripts/test.sh.
 #
 #   scripts/soak.sh                                  2000 tunnels, 120s

@@ -33,9 +33,9 @@ func TestMain(m *testing.M) { leakcheck.Main(m) }
 
 // config sizes the soak. The defaults are the full size without the race
 // detector; under -race (2 cores, with the other packages' tests running
-// beside it) the tunnel count stays but each tunnel sends an eighth as
+// beside it) the tunnel count stays but each tunnel sends a quarter as
 // often and fewer clients stall and send large messages at once, which
-// keeps the run near two minutes. -short is a smoke run.
+// keeps the run near a minute and a half. -short is a smoke run.
 //
 //	go test -race -run Soak ./internal/soak                  CI size (scripts/test.sh)
 //	scripts/soak.sh                                          full size, 120s, no -race
@@ -66,7 +66,7 @@ func loadConfig(t *testing.T) config {
 		duration:  60 * time.Second,
 		seed:      1,
 		backends:  4,
-		think:     250 * time.Millisecond,
+		think:     500 * time.Millisecond,
 		window:    4,
 		slowEvery: 20,
 		stalls:    32,
@@ -77,7 +77,7 @@ func loadConfig(t *testing.T) config {
 		heapLimit: 768 << 20,
 	}
 	if raceEnabled {
-		cfg.think = 2 * time.Second
+		cfg.think = 2 * time.Second // a quarter of the messages
 		cfg.stalls = 8
 		cfg.large = 16
 	}
@@ -94,7 +94,7 @@ func loadConfig(t *testing.T) config {
 	if v := os.Getenv("SOAK_DURATION"); v != "" {
 		d, err := time.ParseDuration(v)
 		require.NoError(t, err, "SOAK_DURATION")
-		require.GreaterOrEqual(t, d, 10*time.Second, "SOAK_DURATION")
+		require.GreaterOrEqual(t, d, 15*time.Second, "SOAK_DURATION: room for every kind of chaos")
 		cfg.duration = d
 	}
 	if v := os.Getenv("SOAK_SEED"); v != "" {
@@ -204,7 +204,9 @@ func TestSoak(t *testing.T) {
 		wsproxy.WithPassiveHealth(1, 2*time.Second, time.Second),
 		wsproxy.WithRetry(cfg.backends, 0),
 		wsproxy.WithDrainTimeout(cfg.drain),
-		wsproxy.WithCloseTimeout(5*time.Second),
+		// Longer than any stall, so that a stalled client still reads
+		// its close frame.
+		wsproxy.WithCloseTimeout(10*time.Second),
 		wsproxy.WithDialTimeout(2*time.Second),
 		wsproxy.WithDialer(dialSmallBuffers),
 		wsproxy.WithLogger(slog.New(slog.DiscardHandler)),
@@ -297,7 +299,8 @@ func TestSoak(t *testing.T) {
 
 	summary := r.summary(cfg)
 	fmt.Print(summary)
-	if path := os.Getenv("SOAK_SUMMARY"); path != "" {
+	// go test hides a passing package's output; scripts/test.sh shows this.
+	if path := os.Getenv("WSPROXY_SOAK_REPORT"); path != "" {
 		assert.NoError(t, os.WriteFile(path, []byte(summary), 0o644))
 	}
 	r.check(t, cfg)
@@ -517,7 +520,7 @@ type run struct {
 	unexpected            []string
 	mismatched            []string // the client's and the proxy's view disagree
 	dialFails             map[string]int
-	latency               []time.Duration
+	latency               [3]time.Duration // median, p99, max; slow clients not included
 	maxSlow               time.Duration
 	stallCount, blocked   int
 	stallMax              int64
@@ -533,6 +536,13 @@ func (r *run) tally(s *soak, clients []*client) {
 	r.killedBy = make(map[string]int)
 	r.dialFails = make(map[string]int)
 	r.clients = len(clients)
+	var latency []time.Duration
+	defer func() {
+		if n := len(latency); n > 0 {
+			slices.Sort(latency)
+			r.latency = [3]time.Duration{latency[n/2], latency[n*99/100], latency[n-1]}
+		}
+	}()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, c := range clients {
@@ -543,7 +553,7 @@ func (r *run) tally(s *soak, clients []*client) {
 		r.sentBytes += c.sentBytes.Load()
 		r.acked += c.acked
 		r.ackBytes += c.ackBytes
-		r.latency = append(r.latency, c.latency...)
+		latency = append(latency, c.latency...)
 		r.maxSlow = max(r.maxSlow, c.maxSlow)
 		r.stallCount += c.stalls
 		r.blocked += c.blocked
@@ -643,7 +653,7 @@ func (r *run) summary(cfg config) string {
 	}
 	mode := "full size"
 	if raceEnabled {
-		mode = "race detector: tunnels send 1/8 as often"
+		mode = "race detector: tunnels send 1/4 as often"
 	}
 	fmt.Fprintf(&b, "\nwsproxy soak: %d tunnels, %d backends, seed %d, %s\n", cfg.tunnels, cfg.backends, cfg.seed, mode)
 	row("phases", "ramp %v, chaos %v, tail %v, settle %v, shutdown %v; total %v",
@@ -659,12 +669,9 @@ func (r *run) summary(cfg config) string {
 	row("messages sent / acknowledged", "%d / %d (%d lost in cut tunnels); backends echoed %d",
 		r.sent, r.acked, r.sent-r.acked, r.echoed)
 	row("bytes sent / acknowledged", "%s / %s", mib(r.sentBytes), mib(r.ackBytes))
-	slices.Sort(r.latency)
-	if n := len(r.latency); n > 0 {
-		row("echo latency", "median %v, p99 %v, max %v; slow clients max %v",
-			r.latency[n/2].Round(time.Microsecond), r.latency[n*99/100].Round(time.Microsecond),
-			r.latency[n-1].Round(time.Microsecond), r.maxSlow.Round(time.Millisecond))
-	}
+	row("echo latency", "median %v, p99 %v, max %v; slow clients max %v",
+		r.latency[0].Round(time.Microsecond), r.latency[1].Round(time.Microsecond),
+		r.latency[2].Round(time.Microsecond), r.maxSlow.Round(time.Millisecond))
 	row("endings", "%s", formatCounts(r.endings))
 	row("  killed: what the client read", "%s", formatCounts(r.killedBy))
 	row("clients cut by a kill", "%d, of which %d acknowledged again on a later tunnel", r.cut, r.recovered)
@@ -692,7 +699,12 @@ func formatCounts(m map[string]int) string {
 	for k := range m {
 		keys = append(keys, k)
 	}
-	slices.SortFunc(keys, func(a, b string) int { return m[b] - m[a] })
+	slices.SortFunc(keys, func(a, b string) int {
+		if m[a] != m[b] {
+			return m[b] - m[a]
+		}
+		return strings.Compare(a, b)
+	})
 	var parts []string
 	for _, k := range keys {
 		parts = append(parts, fmt.Sprintf("%s: %d", k, m[k]))
@@ -741,5 +753,7 @@ func (r *run) check(t *testing.T, cfg config) {
 	assert.Less(t, r.peak.heap, cfg.heapLimit, "peak HeapInuse")
 	assert.LessOrEqual(t, r.after.goroutines, r.before.goroutines, "goroutines after the soak")
 	assert.LessOrEqual(t, r.after.fds, r.before.fds, "file descriptors after the soak")
-	assert.Less(t, r.after.heap, r.before.heap+64<<20, "HeapInuse after the soak and a GC")
+	// Not exactly: the runtime keeps every goroutine's descriptor, and
+	// spans stay fragmented.
+	assert.Less(t, r.after.heap, r.before.heap+32<<20, "HeapInuse after the soak and a GC")
 }
