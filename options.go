@@ -78,6 +78,7 @@ func defaultConfig() config {
 		closeTimeout:     defaultCloseTimeout,
 		halfCloseTimeout: defaultHalfCloseTimeout,
 		lb:               defaultLBConfig(),
+		maxTunnels:       descriptorCap(),
 	}
 }
 
@@ -381,11 +382,12 @@ func WithBalancer(b Balancer) Option {
 
 // WithMaxTunnels caps the tunnels open at once, handshakes in progress
 // included. An upgrade over the cap is refused with 503 and Retry-After
-// before any backend is dialled (ErrTooManyTunnels). Each tunnel holds two
-// file descriptors, so half the process's descriptor limit minus some room
-// is a sound upper bound.
-// Default: 0, no cap: the right number depends on the machine, and the
-// per-target caps (Target.MaxConns) still apply.
+// before any backend is dialled (ErrTooManyTunnels), instead of the process
+// running out of file descriptors, which would break every listener and
+// log file it has. Zero means no cap.
+// Default: what the descriptor limit allows: each tunnel holds two
+// descriptors, so (RLIMIT_NOFILE - 256) / 2 when New runs (Go raises the
+// soft limit to the hard one at start), no cap where the limit is unknown.
 func WithMaxTunnels(n int) Option {
 	return countOption("WithMaxTunnels", n, func(c *config) { c.maxTunnels = n })
 }
