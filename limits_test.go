@@ -10,7 +10,6 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strings"
-	"syscall"
 	"testing"
 	"testing/synctest"
 	"time"
