@@ -78,6 +78,10 @@ type pump struct {
 	// Idle parking (see reactor_linux.go); rawSrc is nil where the pump
 	// cannot park (TLS, HTTP/2 streams, other systems).
 	rawSrc   syscall.RawConn
+	readCB   func(fd uintptr) bool // p.readFD, made once
+	rbuf     *[]byte               // the buffer readFD reads into
+	rn       int
+	rerr     error
 	deadline int64  // unix nanoseconds of the idle read deadline the pump set
 	token    uint64 // the reactor's name for the pump
 	epGen    uint64 // the reactor generation the socket is registered with
@@ -386,14 +390,17 @@ func (p *pump) loop() error {
 	}
 	p.initial = nil
 	for {
-		// Wait for bytes before taking a buffer, so idle tunnels hold none,
-		// and park after parkAfter without any.
+		var (
+			bp   *[]byte
+			n    int
+			rerr error
+		)
 		if p.rawSrc != nil {
+			// Read without holding a buffer while waiting, and park after
+			// parkAfter without bytes.
 			p.armIdleDeadline()
-			if err := p.rawSrc.Read(peekReady); err != nil {
-				if !errors.Is(err, os.ErrDeadlineExceeded) {
-					return err
-				}
+			bp, n, rerr = p.readRaw()
+			if errors.Is(rerr, os.ErrDeadlineExceeded) {
 				if p.tryPark() {
 					return errParked
 				}
@@ -401,25 +408,31 @@ func (p *pump) loop() error {
 				// ends the pump; during a polite close the close timeout
 				// bounds the wait, so the idle deadline just moves on.
 				if p.t.lingering.Load() {
-					return err
+					return rerr
 				}
 				continue
 			}
+			if rerr == nil && n == 0 {
+				rerr = io.EOF
+			}
+		} else {
+			bp = bufPool.Get().(*[]byte)
+			n, rerr = p.src.Read((*bp)[bufHeadroom:])
 		}
-		bp := bufPool.Get().(*[]byte)
-		n, rerr := p.src.Read((*bp)[bufHeadroom:])
 		var err error
 		if n > 0 {
 			err = p.chunk(*bp, n)
 		}
-		bufPool.Put(bp)
+		if bp != nil {
+			bufPool.Put(bp)
+		}
 		if err != nil {
 			return err
 		}
 		if rerr == io.EOF {
 			return nil
 		}
-		if rerr != nil && !(p.rawSrc != nil && errors.Is(rerr, os.ErrDeadlineExceeded)) {
+		if rerr != nil {
 			return rerr
 		}
 		if p.remaining >= spliceMin && spliceMin > 0 && p.spliceOK && !p.broken {

@@ -2,8 +2,8 @@ package wsproxy
 
 import (
 	"net"
+	"os"
 	"syscall"
-	"unsafe"
 )
 
 // parkableConn returns the raw connection of a plain TCP socket, which the
@@ -20,13 +20,50 @@ func parkableConn(c net.Conn) syscall.RawConn {
 	return rc
 }
 
-// peekReady is the callback of RawConn.Read that waits for bytes without a
-// buffer: the netpoller wakes the goroutine and a peek that does not wait
-// tells whether the wake-up was real (bytes, EOF or an error). It is a
-// package-level function so that waiting allocates nothing.
-func peekReady(fd uintptr) bool {
-	var b byte
-	_, _, errno := syscall.Syscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b)), 1,
-		syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
-	return errno != syscall.EAGAIN
+// readRaw reads what src has into a pooled buffer, waiting for bytes if
+// there are none yet without holding the buffer: RawConn.Read calls
+// readFD, which reads at once when bytes are there (one system call, as
+// net.Conn.Read would make) and otherwise gives the buffer back before the
+// netpoller parks the goroutine. It returns the buffer (nil on error) and
+// the count; 0 bytes and no error is EOF.
+func (p *pump) readRaw() (*[]byte, int, error) {
+	p.rn, p.rerr = 0, nil
+	if p.readCB == nil {
+		p.readCB = p.readFD
+	}
+	err := p.rawSrc.Read(p.readCB)
+	bp := p.rbuf
+	p.rbuf = nil
+	if err == nil {
+		err = p.rerr
+	}
+	if err != nil {
+		if bp != nil {
+			bufPool.Put(bp)
+		}
+		return nil, 0, err
+	}
+	return bp, p.rn, nil
+}
+
+func (p *pump) readFD(fd uintptr) bool {
+	if p.rbuf == nil {
+		p.rbuf = bufPool.Get().(*[]byte)
+	}
+	for {
+		n, err := syscall.Read(int(fd), (*p.rbuf)[bufHeadroom:])
+		switch err {
+		case syscall.EINTR:
+			continue
+		case syscall.EAGAIN:
+			bufPool.Put(p.rbuf)
+			p.rbuf = nil
+			return false
+		case nil:
+			p.rn = n
+		default:
+			p.rerr = os.NewSyscallError("read", err)
+		}
+		return true
+	}
 }

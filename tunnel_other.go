@@ -11,4 +11,4 @@ import (
 // not implemented: the pump then blocks in Read holding its buffer.
 func parkableConn(net.Conn) syscall.RawConn { return nil }
 
-func peekReady(uintptr) bool { return true }
+func (p *pump) readRaw() (*[]byte, int, error) { panic("wsproxy: no raw reads here") }
