@@ -19,6 +19,7 @@ func echoBackend() (string, func()) {
 	s := httptest.NewServer(websocket.Server{
 		Handshake: func(*websocket.Config, *http.Request) error { return nil },
 		Handler: func(c *websocket.Conn) {
+			defer c.Close()
 			var msg string
 			for websocket.Message.Receive(c, &msg) == nil {
 				websocket.Message.Send(c, msg)

@@ -114,6 +114,7 @@ func serveBackend(name string, room *room) (string, error) {
 		room.join(c, name)
 	}})
 	mux.Handle("/echo", websocket.Server{Handshake: accept, Handler: func(c *websocket.Conn) {
+		defer c.Close() // answers the client's close frame (x/net/websocket sends 1000)
 		for {
 			var msg []byte
 			if err := websocket.Message.Receive(c, &msg); err != nil {
@@ -151,6 +152,7 @@ type chatMessage struct {
 func newRoom() *room { return &room{members: make(map[*websocket.Conn]string)} }
 
 func (r *room) join(c *websocket.Conn, backend string) {
+	defer c.Close()
 	r.mu.Lock()
 	r.members[c] = backend
 	r.mu.Unlock()

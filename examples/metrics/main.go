@@ -65,6 +65,7 @@ func startEcho() (string, error) {
 	go http.Serve(ln, websocket.Server{
 		Handshake: func(*websocket.Config, *http.Request) error { return nil },
 		Handler: func(c *websocket.Conn) {
+			defer c.Close()
 			var msg string
 			for websocket.Message.Receive(c, &msg) == nil {
 				websocket.Message.Send(c, msg)
