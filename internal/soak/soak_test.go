@@ -197,6 +197,7 @@ func TestSoak(t *testing.T) {
 	for i := range cfg.backends {
 		b, err := startBackend(fmt.Sprintf("b%d", i), &s.bad)
 		require.NoError(t, err)
+		t.Cleanup(b.stop) // when a require ends the test early; stop again does nothing
 		s.backends = append(s.backends, b)
 	}
 	p, err := wsproxy.New(s.targets(-1),
@@ -225,6 +226,10 @@ func TestSoak(t *testing.T) {
 		defer close(served)
 		front.Serve(smallBufferListener{ln})
 	}()
+	t.Cleanup(func() {
+		p.Close()
+		front.Close()
+	})
 	s.url = "ws://" + ln.Addr().String()
 	mem := startSampler(250 * time.Millisecond)
 
@@ -292,9 +297,9 @@ func TestSoak(t *testing.T) {
 	r.chaos = cfg.duration - cfg.tail
 	r.kills, r.resets, r.changes = s.kills.Load(), s.resets.Load(), s.changes.Load()
 	r.tally(s, clients)
-	// Only the numbers stay: what the proxy, the backends and the clients
-	// hold must not count as heap left behind.
-	clients, s.closes, s.backends, p = nil, nil, nil, nil
+	// Only the numbers stay: what the clients and the hooks kept must not
+	// count as heap left behind.
+	clients, s.closes, s.backends = nil, nil, nil
 	r.before, r.after = before, measureAfter(before, 20*time.Second)
 
 	summary := r.summary(cfg)
@@ -510,6 +515,7 @@ type run struct {
 	shutdownErr                          error
 	peak, before, after                  usage
 	stats                                wsproxy.Stats
+	perTarget                            string
 	kills, resets, changes               int64
 
 	clients, slow, opened int
@@ -582,6 +588,8 @@ func (r *run) tally(s *soak, clients []*client) {
 					rec.path, rec.acked, ci.ClientToBackend.Messages, ci.BackendToClient.Messages)
 			case rec.end.kind == endClose && ci.Reason != rec.end.reason:
 				r.mismatch("%s: the client got %d %q, the proxy's reason is %q", rec.path, rec.end.code, rec.end.reason, ci.Reason)
+			case kind == endingKilled && ci.Reason != "":
+				r.mismatch("%s: cut by a killed backend, the proxy's reason is %q", rec.path, ci.Reason)
 			}
 		}
 		if lastCut >= 0 {
@@ -597,6 +605,17 @@ func (r *run) tally(s *soak, clients []*client) {
 	if len(s.closes) != r.opened {
 		r.mismatch("the proxy reported %d closed tunnels, the clients opened %d", len(s.closes), r.opened)
 	}
+	var per []string
+	for _, ts := range r.stats.Targets {
+		name := ts.Target
+		for _, b := range s.backends {
+			if b.url() == ts.Target {
+				name = b.name
+			}
+		}
+		per = append(per, fmt.Sprintf("%s %d", name, ts.Total))
+	}
+	r.perTarget = strings.Join(per, ", ")
 	for _, b := range s.backends {
 		r.echoed += b.echoed.Load()
 	}
@@ -661,11 +680,7 @@ func (r *run) summary(cfg config) string {
 		r.shutdown.Round(time.Millisecond), r.total.Round(time.Millisecond))
 	row("tunnels opened", "%d by %d clients (%d slow); proxy Total %d, Failures %d, Rejected %d",
 		r.opened, r.clients, r.slow, r.stats.Total, r.stats.Failures, r.stats.Rejected)
-	var per []string
-	for _, ts := range r.stats.Targets {
-		per = append(per, fmt.Sprintf("%s %d", strings.TrimPrefix(ts.Target, "ws://"), ts.Total))
-	}
-	row("tunnels per target", "%s", strings.Join(per, ", "))
+	row("tunnels per target", "%s", r.perTarget)
 	row("messages sent / acknowledged", "%d / %d (%d lost in cut tunnels); backends echoed %d",
 		r.sent, r.acked, r.sent-r.acked, r.echoed)
 	row("bytes sent / acknowledged", "%s / %s", mib(r.sentBytes), mib(r.ackBytes))
