@@ -192,8 +192,9 @@ profile() {
   curl -s -o "$PROFILE_DIR/allocs-echo.pprof" "http://$pprof_addr/debug/pprof/allocs"
   TARGETS=wsproxy start_proxies -pprof "$pprof_addr"
   log "heap profile of wsproxy with $IDLE_CONNS idle tunnels"
-  load wsproxy 0 -mode idle -conns "$IDLE_CONNS" -settle "$SETTLE" -pid "${pid[wsproxy]}" \
-    -profile-url "http://$pprof_addr/debug/pprof/heap?gc=1" -profile-out "$PROFILE_DIR/heap-idle.pprof"
+  local pp=http://$pprof_addr/debug/pprof
+  load wsproxy 0 -mode idle -conns "$IDLE_CONNS" -settle "$SETTLE" -pid "${pid[wsproxy]}" -profile-dir "$PROFILE_DIR" \
+    -profile "heap.pprof=$pp/heap?gc=1" -profile "heap.txt=$pp/heap?debug=1" -profile "goroutine.txt=$pp/goroutine?debug=1"
   {
     echo "== CPU, echo@$ECHO_CONNS (flat)"
     go tool pprof -top -nodecount=30 "$bin/wsproxy" "$PROFILE_DIR/cpu-echo.pprof" 2>/dev/null
@@ -201,8 +202,13 @@ profile() {
     go tool pprof -top -cum -nodecount=40 "$bin/wsproxy" "$PROFILE_DIR/cpu-echo.pprof" 2>/dev/null
     echo "== allocations since start, echo@$ECHO_CONNS (bytes)"
     go tool pprof -top -sample_index=alloc_space -nodecount=20 "$bin/wsproxy" "$PROFILE_DIR/allocs-echo.pprof" 2>/dev/null
-    echo "== live heap with $IDLE_CONNS idle tunnels"
-    go tool pprof -top -sample_index=inuse_space -nodecount=25 "$bin/wsproxy" "$PROFILE_DIR/heap-idle.pprof" 2>/dev/null
+    for phase in open echoed; do
+      echo "== $IDLE_CONNS idle tunnels ($phase): live heap, runtime memory, goroutines"
+      go tool pprof -top -sample_index=inuse_space -nodecount=25 "$bin/wsproxy" "$PROFILE_DIR/$phase-heap.pprof" 2>/dev/null
+      grep -E '^# (HeapAlloc|HeapSys|HeapInuse|HeapIdle|HeapReleased|Stack|MSpan|Sys|NumGC) ' "$PROFILE_DIR/$phase-heap.txt" || true
+      grep -E '^goroutine profile|^[0-9]+ @' "$PROFILE_DIR/$phase-goroutine.txt" | head -8 || true
+      grep -A12 -E '^[0-9]{3,} @' "$PROFILE_DIR/$phase-goroutine.txt" | grep -E '^#' | head -24 || true
+    done
   } >"$PROFILE_DIR/summary.txt"
   cat "$PROFILE_DIR/summary.txt"
   log "profiles in $PROFILE_DIR (go tool pprof -http=: $PROFILE_DIR/cpu-echo.pprof)"

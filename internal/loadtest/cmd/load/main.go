@@ -29,7 +29,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -76,9 +78,17 @@ type config struct {
 	warmup   time.Duration
 	settle   time.Duration
 	pids     string
-	// idle: fetched while the connections are open, e.g. a heap profile
-	profileURL, profileOut string
+	// idle: URLs fetched while the connections are open (pprof endpoints),
+	// after opening them and after one echo each, into profileDir
+	profiles   profileFlag
+	profileDir string
 }
+
+// profileFlag collects -profile name=URL flags.
+type profileFlag []string
+
+func (f *profileFlag) String() string     { return strings.Join(*f, " ") }
+func (f *profileFlag) Set(s string) error { *f = append(*f, s); return nil }
 
 func main() {
 	var (
@@ -94,8 +104,8 @@ func main() {
 	flag.DurationVar(&cfg.warmup, "warmup", time.Second, "unmeasured time before it")
 	flag.DurationVar(&cfg.settle, "settle", 3*time.Second, "idle: wait after opening before measuring memory")
 	flag.StringVar(&cfg.pids, "pid", "", "idle: comma-separated pids whose memory is summed")
-	flag.StringVar(&cfg.profileURL, "profile-url", "", "idle: URL fetched while the connections are open (a pprof endpoint)")
-	flag.StringVar(&cfg.profileOut, "profile-out", "", "idle: file the -profile-url answer is written to")
+	flag.Var(&cfg.profiles, "profile", "idle: name=URL fetched into -profile-dir/open-name and echoed-name (repeatable)")
+	flag.StringVar(&cfg.profileDir, "profile-dir", ".", "idle: where -profile answers go")
 	flag.Parse()
 
 	defaults := map[string][2]int{"echo": {50, 128}, "latency": {1, 128}, "bulk": {4, 64 << 10}, "handshake": {8, 0}, "idle": {5000, 128}}
@@ -487,17 +497,14 @@ func runIdle(cfg config, res *Result) error {
 	if err != nil {
 		return err
 	}
-	if cfg.profileURL != "" {
-		if err := fetch(cfg.profileURL, cfg.profileOut); err != nil {
-			e.add(fmt.Errorf("profile: %w", err))
-		}
-	}
+	fetchAll(cfg, "open", &e)
 	res.Echoed = echoAll(conns, cfg.size, &e)
 	time.Sleep(cfg.settle)
 	echoed, err := memory(pids)
 	if err != nil {
 		return err
 	}
+	fetchAll(cfg, "echoed", &e)
 	n := float64(cfg.conns)
 	res.RSSBeforeKB, res.RSSAfterKB, res.RSSEchoedKB = before.rss, after.rss, echoed.rss
 	res.PssBeforeKB, res.PssAfterKB = before.pss, after.pss
@@ -513,6 +520,19 @@ func runIdle(cfg config, res *Result) error {
 	}
 	e.fill(res)
 	return nil
+}
+
+func fetchAll(cfg config, phase string, e *errs) {
+	for _, p := range cfg.profiles {
+		name, url, ok := strings.Cut(p, "=")
+		if !ok {
+			e.add(fmt.Errorf("-profile %q: want name=URL", p))
+			continue
+		}
+		if err := fetch(url, filepath.Join(cfg.profileDir, phase+"-"+name)); err != nil {
+			e.add(fmt.Errorf("profile: %w", err))
+		}
+	}
 }
 
 func fetch(url, path string) error {
