@@ -400,6 +400,8 @@ func TestSetTargetsReAddedKeepsCounts(t *testing.T) {
 	p, url := newProxy(t, []string{a, b})
 	ca := dial(t, url)
 	dial(t, url)
+	// Total counts a tunnel just after its 101 went out.
+	require.Eventually(t, func() bool { return p.Stats().Total == 2 }, 5*time.Second, time.Millisecond)
 	require.NoError(t, p.SetTargets([]string{b}))
 	require.True(t, targetStats(p, a).Draining)
 	require.NoError(t, p.SetTargets([]string{a, b}))

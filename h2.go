@@ -69,13 +69,8 @@ func (p *Proxy) serveH2(w http.ResponseWriter, r *http.Request) {
 		p.reject(w, r, err)
 		return
 	}
-	if err := p.checkOrigin(r); err != nil {
-		p.reject(w, r, err)
-		return
-	}
-	slot, err := p.admit(r)
-	if err != nil {
-		p.reject(w, r, err)
+	slot, ok := p.gate(w, r)
+	if !ok {
 		return
 	}
 	defer slot.release() // unless the tunnel took it over
@@ -109,25 +104,19 @@ func (p *Proxy) openH2(w http.ResponseWriter, r *http.Request, rc *http.Response
 		p.reject(w, r, err)
 		return nil, nil
 	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		defer putReader(br) // after the body, which is read through it
-		status := resp.StatusCode
+	if status := resp.StatusCode; status != http.StatusSwitchingProtocols {
 		if status < 300 {
 			// A 2xx would tell the client its WebSocket is open (RFC 8441
 			// §5) when the backend is in fact serving plain HTTP.
 			back.Close() // not resp.Body.Close, which would read the body to its end
+			putReader(br)
 			t.open.Add(-1)
 			err := &BackendError{Target: t.raw, Op: "upgrade", Err: fmt.Errorf("%w: status %d", ErrInvalidUpgrade, status)}
 			p.reportFailure(t, err)
 			p.reject(w, r, err)
 			return nil, nil
 		}
-		p.relayH2(w, resp, back)
-		back.Close()
-		t.open.Add(-1)
-		p.rejected.Add(1)
-		p.notifyReject(r, &BackendError{Target: t.raw, Op: "upgrade", Status: status,
-			Err: fmt.Errorf("%w: status %d", ErrUpgradeRefused, status)})
+		p.refused(w, r, t, resp, back, br)
 		return nil, nil
 	}
 
@@ -142,30 +131,11 @@ func (p *Proxy) openH2(w http.ResponseWriter, r *http.Request, rc *http.Response
 		return nil, nil
 	}
 	client := newH2Conn(w, r, rc)
-	info := TunnelInfo{
-		Target:      t.raw,
-		RemoteAddr:  r.RemoteAddr,
-		Path:        r.URL.Path,
-		Proto:       r.Proto,
-		Subprotocol: resp.Header.Get("Sec-Websocket-Protocol"),
-		Start:       time.Now(),
-	}
-	tn := newTunnel(p, t, client, nil, back, backBuf, info)
-	tn.done = make(chan struct{}) // the handler waits for the tunnel
-	client.closeTimeout = p.cfg.closeTimeout
-	client.awaitingClose = func() bool { return tn.down.sentClose.Load() && !tn.up.srcClosed.Load() }
-	tn.slot = slot.handOver()
-	p.total.Add(1)
-	t.stats.total.Add(1)
-	shuttingDown := p.register(tn)
-	if h := p.cfg.hooks.OnUpgrade; h != nil {
-		h(info)
-	}
-	p.log.Debug("wsproxy: tunnel open", "target", t.raw, "remote_addr", r.RemoteAddr, "path", r.URL.Path, "proto", r.Proto)
-	tn.start()
-	if shuttingDown {
-		go tn.politeClose(1001, 1001, "shutdown")
-	}
+	tn := p.launch(r, t, client, nil, back, backBuf, resp, slot, func(tn *tunnel) {
+		tn.done = make(chan struct{}) // the handler waits for the tunnel
+		client.closeTimeout = p.cfg.closeTimeout
+		client.awaitingClose = func() bool { return tn.down.sentClose.Load() && !tn.up.srcClosed.Load() }
+	})
 	return tn, client
 }
 
@@ -211,27 +181,6 @@ func write200(w http.ResponseWriter, rc *http.ResponseController, resp *http.Res
 	err := rc.Flush()
 	rc.SetWriteDeadline(time.Time{})
 	return err
-}
-
-// relayH2 sends a backend's refusal (401, 403, 426, 500...) to the client
-// with the same status, as RFC 8441 §5 asks. Unlike HTTP/1.1 there is no
-// connection to close afterwards: the refused stream simply ends, and the
-// other streams of the connection are not disturbed (a "Connection: close"
-// here would make Go's server send GOAWAY).
-func (p *Proxy) relayH2(w http.ResponseWriter, resp *http.Response, back net.Conn) {
-	dst := w.Header()
-	named := connectionTokens(resp.Header)
-	for k, vv := range resp.Header {
-		if !isHopByHop(k) && !named[k] {
-			dst[k] = append([]string(nil), vv...)
-		}
-	}
-	w.WriteHeader(resp.StatusCode)
-	if p.cfg.handshakeTimeout > 0 {
-		back.SetDeadline(time.Now().Add(p.cfg.handshakeTimeout))
-	}
-	io.Copy(w, resp.Body)
-	resp.Body.Close()
 }
 
 // h2Conn is the client's side of an RFC 8441 tunnel seen as a net.Conn:

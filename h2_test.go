@@ -544,11 +544,13 @@ func TestH2Shutdown(t *testing.T) {
 func TestH2ServerTimeoutsDoNotCutTunnel(t *testing.T) {
 	t.Parallel()
 	f := newH2FixtureWith(t, func(s *http.Server) {
-		s.ReadTimeout = 100 * time.Millisecond
-		s.WriteTimeout = 100 * time.Millisecond
+		// Long enough for the handshake under -race on a loaded machine;
+		// the point is that the tunnel outlives them.
+		s.ReadTimeout = 400 * time.Millisecond
+		s.WriteTimeout = 400 * time.Millisecond
 	}, []string{newEcho(t)})
 	c, _ := f.mustDial(t, "/", nil)
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(time.Second)
 	echoMessage(t, c, wsframe.OpText, []byte("still open"))
 }
 

@@ -595,9 +595,12 @@ func canHijack(w http.ResponseWriter) bool {
 }
 
 // relay sends a backend's non-101 answer to the client as an ordinary HTTP
-// response, then makes sure the client connection is closed: it never
-// becomes a tunnel and never carries a second request.
-func (p *Proxy) relay(w http.ResponseWriter, resp *http.Response, conn net.Conn) {
+// response. Over HTTP/1.1 it makes sure the client connection is closed
+// afterwards: it never becomes a tunnel and never carries a second request.
+// Over HTTP/2 only the stream ends (RFC 8441 §5), and the connection's
+// other streams go on: "Connection: close" there would make Go's server
+// send GOAWAY.
+func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, resp *http.Response, conn net.Conn) {
 	dst := w.Header()
 	named := connectionTokens(resp.Header)
 	for k, vv := range resp.Header {
@@ -605,7 +608,9 @@ func (p *Proxy) relay(w http.ResponseWriter, resp *http.Response, conn net.Conn)
 			dst[k] = append([]string(nil), vv...)
 		}
 	}
-	dst.Set("Connection", "close")
+	if r.ProtoMajor == 1 {
+		dst.Set("Connection", "close")
+	}
 	w.WriteHeader(resp.StatusCode)
 	if p.cfg.handshakeTimeout > 0 {
 		conn.SetDeadline(time.Now().Add(p.cfg.handshakeTimeout))

@@ -343,13 +343,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.reject(w, r, err)
 		return
 	}
-	if err := p.checkOrigin(r); err != nil {
-		p.reject(w, r, err)
-		return
-	}
-	slot, err := p.admit(r)
-	if err != nil {
-		p.reject(w, r, err)
+	slot, ok := p.gate(w, r)
+	if !ok {
 		return
 	}
 	defer slot.release() // unless the tunnel took it over
@@ -369,18 +364,39 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if resp.StatusCode != http.StatusSwitchingProtocols {
-		// The backend refused: its answer goes to the client as it is and
-		// the connection to it is never reused.
-		p.relay(w, resp, conn)
-		putReader(br)
-		conn.Close()
-		t.open.Add(-1)
-		p.rejected.Add(1)
-		p.notifyReject(r, &BackendError{Target: t.raw, Op: "upgrade", Status: resp.StatusCode,
-			Err: fmt.Errorf("%w: status %d", ErrUpgradeRefused, resp.StatusCode)})
+		p.refused(w, r, t, resp, conn, br)
 		return
 	}
 	p.open(w, r, t, conn, resp, br, slot)
+}
+
+// gate applies what every upgrade passes after the checks of its own
+// protocol: the origin policy, then the admission limits. It answers the
+// client itself when it refuses.
+func (p *Proxy) gate(w http.ResponseWriter, r *http.Request) (*admission, bool) {
+	if err := p.checkOrigin(r); err != nil {
+		p.reject(w, r, err)
+		return nil, false
+	}
+	slot, err := p.admit(r)
+	if err != nil {
+		p.reject(w, r, err)
+		return nil, false
+	}
+	return slot, true
+}
+
+// refused relays a backend's own answer to the upgrade (401, 403, 426,
+// 500...) to the client as it is; the connection to the backend is never
+// reused.
+func (p *Proxy) refused(w http.ResponseWriter, r *http.Request, t *Target, resp *http.Response, back net.Conn, br *bufioReader) {
+	p.relay(w, r, resp, back)
+	putReader(br) // after the body, which is read through it
+	back.Close()
+	t.open.Add(-1)
+	p.rejected.Add(1)
+	p.notifyReject(r, &BackendError{Target: t.raw, Op: "upgrade", Status: resp.StatusCode,
+		Err: fmt.Errorf("%w: status %d", ErrUpgradeRefused, resp.StatusCode)})
 }
 
 // connect picks a target, dials it and performs the backend handshake,
@@ -535,6 +551,14 @@ func (p *Proxy) open(w http.ResponseWriter, r *http.Request, t *Target, back net
 		p.notifyReject(r, fmt.Errorf("wsproxy: writing 101 to client: %w", err))
 		return
 	}
+	p.launch(r, t, client, clientBuf, back, backBuf, resp, slot, nil)
+}
+
+// launch creates the tunnel of a completed handshake, registers it and
+// starts it, for HTTP/1.1 and HTTP/2 alike; prepare, if not nil, finishes
+// setting the tunnel up before it starts.
+func (p *Proxy) launch(r *http.Request, t *Target, client net.Conn, clientBuf []byte, back net.Conn, backBuf []byte,
+	resp *http.Response, slot *admission, prepare func(*tunnel)) *tunnel {
 	info := TunnelInfo{
 		Target:      t.raw,
 		RemoteAddr:  r.RemoteAddr,
@@ -544,6 +568,9 @@ func (p *Proxy) open(w http.ResponseWriter, r *http.Request, t *Target, back net
 		Start:       time.Now(),
 	}
 	tn := newTunnel(p, t, client, clientBuf, back, backBuf, info)
+	if prepare != nil {
+		prepare(tn)
+	}
 	tn.slot = slot.handOver()
 	p.total.Add(1)
 	t.stats.total.Add(1)
@@ -551,11 +578,12 @@ func (p *Proxy) open(w http.ResponseWriter, r *http.Request, t *Target, back net
 	if h := p.cfg.hooks.OnUpgrade; h != nil {
 		h(info)
 	}
-	p.log.Debug("wsproxy: tunnel open", "target", t.raw, "remote_addr", r.RemoteAddr, "path", r.URL.Path)
+	p.log.Debug("wsproxy: tunnel open", "target", t.raw, "remote_addr", r.RemoteAddr, "path", r.URL.Path, "proto", r.Proto)
 	tn.start()
 	if shuttingDown {
 		go tn.politeClose(1001, 1001, "shutdown")
 	}
+	return tn
 }
 
 // buffered returns a copy of the bytes a reader holds beyond what was
