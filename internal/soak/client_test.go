@@ -42,6 +42,8 @@ type client struct {
 	stalls    int   // times the reader stopped
 	blocked   int   // stalls during which a write blocked for stallBlocked
 	stallMax  int64 // most bytes written during one stall
+
+	// Written by the writers.
 	sent      atomic.Int64
 	sentBytes atomic.Int64
 }
@@ -83,10 +85,11 @@ const (
 )
 
 type ending struct {
-	kind   endKind
-	code   int
-	reason string
-	err    error
+	kind    endKind
+	code    int
+	reason  string
+	payload []byte // of the close frame
+	err     error
 }
 
 // stallBlocked is how long a write must take during a stall to count as
@@ -151,8 +154,20 @@ func (c *client) tunnel(conn *wstest.Conn, gen uint32, path, backend string) tun
 	c.cur.Store(nil)
 	close(t.done)
 	if end.kind == endClose {
-		// The proxy hangs up first (RFC 6455 §7.1.1); read until it does.
-		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+		// Answer the close frame, and read until the proxy hangs up (it
+		// does first, RFC 6455 §7.1.1). The answer waits for the writer's
+		// frame in progress, which after a stall may wait for the echoes
+		// to be read: hence reading while answering.
+		key := maskKey(c.rng)
+		wg.Go(func() {
+			t.conn.LockWrites()
+			defer t.conn.UnlockWrites()
+			if !t.closed {
+				t.closed = true
+				t.conn.Conn.Write(appendFrame(nil, true, wsframe.OpClose, end.payload, true, key))
+			}
+		})
+		conn.SetReadDeadline(time.Now().Add(20 * time.Second))
 		io.Copy(io.Discard, conn)
 	}
 	conn.Close()
@@ -353,13 +368,7 @@ func (c *client) read(t *tunnel) ending {
 			continue
 		case wsframe.OpClose:
 			code, reason := wsframe.ParseClose(f.Payload)
-			t.conn.LockWrites()
-			if !t.closed {
-				t.closed = true
-				t.conn.Conn.Write(appendFrame(nil, true, wsframe.OpClose, f.Payload, true, maskKey(c.rng)))
-			}
-			t.conn.UnlockWrites()
-			return ending{kind: endClose, code: int(code), reason: reason}
+			return ending{kind: endClose, code: int(code), reason: reason, payload: f.Payload}
 		case wsframe.OpBinary:
 			if inMsg {
 				return violation("new message inside a fragmented one")
