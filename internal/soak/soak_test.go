@@ -33,7 +33,7 @@ func TestMain(m *testing.M) { leakcheck.Main(m) }
 
 // config sizes the soak. The defaults are the full size without the race
 // detector; under -race (2 cores, with the other packages' tests running
-// beside it) the tunnel count stays but each tunnel sends a quarter as
+// beside it) the tunnel count stays but each tunnel sends an eighth as
 // often and fewer clients stall and send large messages at once, which
 // keeps the run near a minute and a half. -short is a smoke run.
 //
@@ -77,9 +77,9 @@ func loadConfig(t *testing.T) config {
 		heapLimit: 768 << 20,
 	}
 	if raceEnabled {
-		cfg.think = 2 * time.Second // a quarter of the messages
+		cfg.think = 4 * time.Second // an eighth of the messages
 		cfg.stalls = 8
-		cfg.large = 16
+		cfg.large = 8
 	}
 	if testing.Short() {
 		cfg.tunnels = 200
@@ -264,7 +264,7 @@ func TestSoak(t *testing.T) {
 	chaos.Wait()
 	time.Sleep(time.Until(chaosStart.Add(cfg.duration)))
 	settleStart := time.Now()
-	r.settled = waitFor(60*time.Second, func() bool { return countClients(clients, true) == len(clients) })
+	r.settled = waitFor(120*time.Second, func() bool { return countClients(clients, true) == len(clients) })
 	r.unsettled = len(clients) - countClients(clients, true)
 	r.settle = time.Since(settleStart)
 
@@ -672,7 +672,7 @@ func (r *run) summary(cfg config) string {
 	}
 	mode := "full size"
 	if raceEnabled {
-		mode = "race detector: tunnels send 1/4 as often"
+		mode = "race detector: tunnels send 1/8 as often"
 	}
 	fmt.Fprintf(&b, "\nwsproxy soak: %d tunnels, %d backends, seed %d, %s\n", cfg.tunnels, cfg.backends, cfg.seed, mode)
 	row("phases", "ramp %v, chaos %v, tail %v, settle %v, shutdown %v; total %v",
