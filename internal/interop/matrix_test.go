@@ -369,7 +369,6 @@ type browser struct {
 	mu    sync.Mutex
 	cmd   *exec.Cmd
 	in    io.WriteCloser
-	out   *bufio.Scanner
 	lines chan string
 }
 
