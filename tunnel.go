@@ -435,7 +435,9 @@ func (p *pump) loop() error {
 		if rerr != nil {
 			return rerr
 		}
-		if p.remaining >= spliceMin && spliceMin > 0 && p.spliceOK && !p.broken {
+		// After a close frame went to dst nothing more may reach it: the
+		// rest of the frame takes the buffered path, which drops it.
+		if p.remaining >= spliceMin && spliceMin > 0 && p.spliceOK && !p.broken && !p.sentClose.Load() {
 			if err := p.splice(); err != nil {
 				return err
 			}

@@ -5,7 +5,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"testing"
 	"time"
 
@@ -30,9 +29,6 @@ import (
 // which RFC 6455 §5.5.1 allows until it sends its own close frame; the
 // backend must read nothing after the proxy's close frame.
 func TestNothingAfterCloseFrame(t *testing.T) {
-	if os.Getenv("WSPROXY_KNOWN_BUGS") == "" {
-		t.Skip("known core bug (tunnel.go: pump.splice writes after a close frame); WSPROXY_KNOWN_BUGS=1 runs it")
-	}
 	gotClose := make(chan struct{})
 	after := make(chan int64, 1)
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
