@@ -170,7 +170,9 @@ bench() {
       local conns=()
       [ "$mode" = echo ] && conns=(-conns "$ECHO_CONNS")
       for t in $(rotate "$round"); do
-        load "$t" "$round" -mode "$mode" "${conns[@]}" "${dur[@]}"
+        local pidarg=()
+        [ "$t" != direct ] && pidarg=(-pid "$(pids_of "$t")")
+        load "$t" "$round" -mode "$mode" "${conns[@]}" "${dur[@]}" "${pidarg[@]}"
       done
     done
   done
@@ -194,7 +196,8 @@ profile() {
   log "heap profile of wsproxy with $IDLE_CONNS idle tunnels"
   local pp=http://$pprof_addr/debug/pprof
   load wsproxy 0 -mode idle -conns "$IDLE_CONNS" -settle "$SETTLE" -pid "${pid[wsproxy]}" -profile-dir "$PROFILE_DIR" \
-    -profile "heap.pprof=$pp/heap?gc=1" -profile "heap.txt=$pp/heap?debug=1" -profile "goroutine.txt=$pp/goroutine?debug=1"
+    -profile "heap.pprof=$pp/heap?gc=1" -profile "heap.txt=$pp/heap?debug=1" -profile "goroutine.txt=$pp/goroutine?debug=1" \
+    -profile "allocs.pprof=$pp/allocs"
   {
     echo "== CPU, echo@$ECHO_CONNS (flat)"
     go tool pprof -top -nodecount=30 "$bin/wsproxy" "$PROFILE_DIR/cpu-echo.pprof" 2>/dev/null
@@ -209,6 +212,9 @@ profile() {
       grep -E '^goroutine profile|^[0-9]+ @' "$PROFILE_DIR/$phase-goroutine.txt" | head -8 || true
       grep -A12 -E '^[0-9]{3,} @' "$PROFILE_DIR/$phase-goroutine.txt" | grep -E '^#' | head -24 || true
     done
+    echo "== allocations while every idle tunnel echoed once (bytes)"
+    go tool pprof -top -sample_index=alloc_space -nodecount=15 -diff_base "$PROFILE_DIR/open-allocs.pprof" \
+      "$bin/wsproxy" "$PROFILE_DIR/echoed-allocs.pprof" 2>/dev/null
   } >"$PROFILE_DIR/summary.txt"
   cat "$PROFILE_DIR/summary.txt"
   log "profiles in $PROFILE_DIR (go tool pprof -http=: $PROFILE_DIR/cpu-echo.pprof)"

@@ -58,6 +58,13 @@ type Result struct {
 	MBps             float64 `json:"mb_per_sec,omitempty"`
 	HandshakesPerSec float64 `json:"handshakes_per_sec,omitempty"`
 
+	// The proxy's own CPU time (user+system of -pid) over the measured
+	// window: less sensitive to a busy machine than rates are.
+	ProxyCPUSeconds float64 `json:"proxy_cpu_s,omitempty"`
+	CPUusPerMsg     float64 `json:"cpu_us_per_msg,omitempty"`       // echo, latency: per round trip
+	CPUmsPerMB      float64 `json:"cpu_ms_per_mb,omitempty"`        // bulk: per MB received
+	CPUusPerHS      float64 `json:"cpu_us_per_handshake,omitempty"` // handshake
+
 	RSSBeforeKB     int64   `json:"rss_before_kb,omitempty"`
 	RSSAfterKB      int64   `json:"rss_after_kb,omitempty"`
 	PssBeforeKB     int64   `json:"pss_before_kb,omitempty"`
@@ -78,6 +85,7 @@ type config struct {
 	warmup   time.Duration
 	settle   time.Duration
 	pids     string
+	pidList  []int
 	// idle: URLs fetched while the connections are open (pprof endpoints),
 	// after opening them and after one echo each, into profileDir
 	profiles   profileFlag
@@ -103,7 +111,7 @@ func main() {
 	flag.DurationVar(&cfg.duration, "duration", 5*time.Second, "measured time")
 	flag.DurationVar(&cfg.warmup, "warmup", time.Second, "unmeasured time before it")
 	flag.DurationVar(&cfg.settle, "settle", 3*time.Second, "idle: wait after opening before measuring memory")
-	flag.StringVar(&cfg.pids, "pid", "", "idle: comma-separated pids whose memory is summed")
+	flag.StringVar(&cfg.pids, "pid", "", "comma-separated pids of the proxy: idle sums their memory, other modes their CPU time")
 	flag.Var(&cfg.profiles, "profile", "idle: name=URL fetched into -profile-dir/open-name and echoed-name (repeatable)")
 	flag.StringVar(&cfg.profileDir, "profile-dir", ".", "idle: where -profile answers go")
 	flag.Parse()
@@ -122,6 +130,13 @@ func main() {
 	}
 	res := Result{Mode: *mode, Target: *target, Round: *round, Conns: cfg.conns, Size: cfg.size}
 	var err error
+	if cfg.pids != "" {
+		cfg.pidList, err = parsePids(cfg.pids)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "load:", err)
+			os.Exit(2)
+		}
+	}
 	switch *mode {
 	case "echo":
 		err = runEcho(cfg, &res)
@@ -272,12 +287,24 @@ func openAll(d *websocket.Dialer, url string, n, parallel int) ([]*websocket.Con
 }
 
 // window runs until warmup+duration and returns the counter's growth over
-// the measured part, and the measured seconds.
-func window(cfg config, count *atomic.Int64) (int64, float64) {
+// the measured part, the measured seconds and the CPU seconds the -pid
+// processes used meanwhile (0 without -pid).
+func window(cfg config, count *atomic.Int64) (n int64, secs, cpu float64) {
 	time.Sleep(cfg.warmup)
+	c0, _ := cpuTicks(cfg.pidList)
 	n0, t0 := count.Load(), time.Now()
 	time.Sleep(cfg.duration)
-	return count.Load() - n0, time.Since(t0).Seconds()
+	n, secs = count.Load()-n0, time.Since(t0).Seconds()
+	c1, _ := cpuTicks(cfg.pidList)
+	return n, secs, float64(c1-c0) / clockTick
+}
+
+// perUnit returns cpu seconds per unit of n, scaled, or 0 when unknown.
+func perUnit(cpu float64, n int64, scale float64) float64 {
+	if cpu == 0 || n == 0 {
+		return 0
+	}
+	return cpu / float64(n) * scale
 }
 
 func runEcho(cfg config, res *Result) error {
@@ -301,12 +328,13 @@ func runEcho(cfg config, res *Result) error {
 			}
 		})
 	}
-	n, secs := window(cfg, &count)
+	n, secs, cpu := window(cfg, &count)
 	stop.Store(true)
 	wg.Wait()
 	closeAll(conns, &e)
 	res.Seconds = secs
 	res.MsgsPerSec = float64(n) / secs
+	res.ProxyCPUSeconds, res.CPUusPerMsg = cpu, perUnit(cpu, n, 1e6)
 	e.fill(res)
 	return nil
 }
@@ -338,6 +366,7 @@ func runLatency(cfg config, res *Result) error {
 		}
 	}
 	rtts := make([]time.Duration, 0, 1<<16)
+	c0, _ := cpuTicks(cfg.pidList)
 	start := time.Now()
 	for end := start.Add(cfg.duration); ; {
 		t0 := time.Now()
@@ -351,6 +380,10 @@ func runLatency(cfg config, res *Result) error {
 		}
 	}
 	res.Seconds = time.Since(start).Seconds()
+	if c1, _ := cpuTicks(cfg.pidList); len(cfg.pidList) > 0 {
+		res.ProxyCPUSeconds = float64(c1-c0) / clockTick
+		res.CPUusPerMsg = perUnit(res.ProxyCPUSeconds, int64(len(rtts)), 1e6)
+	}
 	var e errs
 	if err := closeConn(c); err != nil {
 		e.add(err)
@@ -415,7 +448,7 @@ func runBulk(cfg config, res *Result) error {
 			}
 		})
 	}
-	n, secs := window(cfg, &received)
+	n, secs, cpu := window(cfg, &received)
 	// Streams in flight both ways cannot end with a close handshake in
 	// bounded time: stop the writers, then cut the connections.
 	stop.Store(true)
@@ -428,6 +461,7 @@ func runBulk(cfg config, res *Result) error {
 	}
 	res.Seconds = secs
 	res.MBps = float64(n) / 1e6 / secs
+	res.ProxyCPUSeconds, res.CPUmsPerMB = cpu, perUnit(cpu, n, 1e9)
 	e.fill(res)
 	return nil
 }
@@ -455,19 +489,20 @@ func runHandshake(cfg config, res *Result) error {
 			}
 		})
 	}
-	n, secs := window(cfg, &count)
+	n, secs, cpu := window(cfg, &count)
 	stop.Store(true)
 	wg.Wait()
 	res.Seconds = secs
 	res.HandshakesPerSec = float64(n) / secs
+	res.ProxyCPUSeconds, res.CPUusPerHS = cpu, perUnit(cpu, n, 1e6)
 	e.fill(res)
 	return nil
 }
 
 func runIdle(cfg config, res *Result) error {
-	pids, err := parsePids(cfg.pids)
-	if err != nil {
-		return err
+	pids := cfg.pidList
+	if len(pids) == 0 {
+		return fmt.Errorf("idle: -pid is required")
 	}
 	d := dialer(cfg.size)
 	// Warm the target up so that one-time costs are not charged to tunnels.

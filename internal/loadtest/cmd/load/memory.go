@@ -46,6 +46,34 @@ func memory(pids []int) (mem, error) {
 	return m, nil
 }
 
+// cpuTicks returns the user and system time the processes used so far, in
+// clock ticks (fields 14 and 15 of /proc/PID/stat, after the command name).
+func cpuTicks(pids []int) (int64, error) {
+	var total int64
+	for _, pid := range pids {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			return 0, err
+		}
+		i := bytes.LastIndexByte(b, ')')
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 13 {
+			return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+		}
+		for _, s := range f[11:13] {
+			n, err := strconv.ParseInt(s, 10, 64)
+			if err != nil {
+				return 0, err
+			}
+			total += n
+		}
+	}
+	return total, nil
+}
+
+// clockTick is USER_HZ, 100 on every Linux architecture Go supports.
+const clockTick = 100
+
 // procField returns the value in kB of a "Name:   123 kB" line.
 func procField(path, name string) (int64, error) {
 	b, err := os.ReadFile(path)

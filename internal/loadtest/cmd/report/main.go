@@ -32,6 +32,9 @@ type Result struct {
 	P99us            float64 `json:"p99_us"`
 	MBps             float64 `json:"mb_per_sec"`
 	HandshakesPerSec float64 `json:"handshakes_per_sec"`
+	CPUusPerMsg      float64 `json:"cpu_us_per_msg"`
+	CPUmsPerMB       float64 `json:"cpu_ms_per_mb"`
+	CPUusPerHS       float64 `json:"cpu_us_per_handshake"`
 	KBPerTunnel      float64 `json:"kb_per_tunnel"`
 	PssKBPerTunnel   float64 `json:"pss_kb_per_tunnel"`
 	EchoKBPerTunnel  float64 `json:"echoed_kb_per_tunnel"`
@@ -72,6 +75,10 @@ var figures = []figure{
 	{"proxy memory per idle tunnel (N open), RSS", "idle", " KB", 1, func(r Result) float64 { return r.KBPerTunnel }, false, true},
 	{"proxy memory per idle tunnel (N open), Pss", "idle", " KB", 1, func(r Result) float64 { return r.PssKBPerTunnel }, false, false},
 	{"proxy memory per tunnel after one echo each, RSS", "idle", " KB", 1, func(r Result) float64 { return r.EchoKBPerTunnel }, false, false},
+	{"proxy CPU per round trip, echo N conns", "echo", " µs", 1, func(r Result) float64 { return r.CPUusPerMsg }, false, false},
+	{"proxy CPU per round trip, echo 1 conn", "latency", " µs", 1, func(r Result) float64 { return r.CPUusPerMsg }, false, false},
+	{"proxy CPU per MB received, bulk", "bulk", " ms", 2, func(r Result) float64 { return r.CPUmsPerMB }, false, false},
+	{"proxy CPU per handshake", "handshake", " µs", 0, func(r Result) float64 { return r.CPUusPerHS }, false, false},
 }
 
 // cell is one figure for one target over all rounds.
@@ -150,7 +157,9 @@ func main() {
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "Medians of %d interleaved rounds; 1 MB = 10^6 bytes, 1 KB = 1024 bytes. "+
-		"A value marked † had errors in some round (listed below).\n\n", rounds)
+		"A value marked † had errors in some round (listed below). "+
+		"Proxy CPU is the user+system time of the proxy's processes over the measured window, "+
+		"counted in 10 ms ticks: less disturbed by a busy machine than the rates.\n\n", rounds)
 	b.WriteString("| figure |")
 	for _, t := range targets {
 		fmt.Fprintf(&b, " %s |", t.label)
