@@ -189,9 +189,14 @@ profile() {
   log "CPU profile of wsproxy under echo@$ECHO_CONNS for ${secs}s"
   curl -s -o "$PROFILE_DIR/cpu-echo.pprof" "http://$pprof_addr/debug/pprof/profile?seconds=$secs" &
   local curl_pid=$!
-  load wsproxy 0 -mode echo -conns "$ECHO_CONNS" -duration "$((secs + 1))s" -warmup 0s
+  load wsproxy 0 -mode echo -conns "$ECHO_CONNS" -duration "$((secs + 1))s" -warmup 0s -pid "${pid[wsproxy]}"
   wait "$curl_pid"
   curl -s -o "$PROFILE_DIR/allocs-echo.pprof" "http://$pprof_addr/debug/pprof/allocs"
+  log "CPU profile of wsproxy under handshake load for ${secs}s"
+  curl -s -o "$PROFILE_DIR/cpu-handshake.pprof" "http://$pprof_addr/debug/pprof/profile?seconds=$secs" &
+  curl_pid=$!
+  load wsproxy 0 -mode handshake -duration "$((secs + 1))s" -warmup 0s -pid "${pid[wsproxy]}"
+  wait "$curl_pid"
   TARGETS=wsproxy start_proxies -pprof "$pprof_addr"
   log "heap profile of wsproxy with $IDLE_CONNS idle tunnels"
   local pp=http://$pprof_addr/debug/pprof
@@ -203,7 +208,9 @@ profile() {
     go tool pprof -top -nodecount=30 "$bin/wsproxy" "$PROFILE_DIR/cpu-echo.pprof" 2>/dev/null
     echo "== CPU, echo@$ECHO_CONNS (cumulative)"
     go tool pprof -top -cum -nodecount=40 "$bin/wsproxy" "$PROFILE_DIR/cpu-echo.pprof" 2>/dev/null
-    echo "== allocations since start, echo@$ECHO_CONNS (bytes)"
+    echo "== CPU, handshakes (cumulative)"
+    go tool pprof -top -cum -nodecount=45 "$bin/wsproxy" "$PROFILE_DIR/cpu-handshake.pprof" 2>/dev/null
+    echo "== allocations since start, echo@$ECHO_CONNS then handshakes (bytes)"
     go tool pprof -top -sample_index=alloc_space -nodecount=20 "$bin/wsproxy" "$PROFILE_DIR/allocs-echo.pprof" 2>/dev/null
     for phase in open echoed; do
       echo "== $IDLE_CONNS idle tunnels ($phase): live heap, runtime memory, goroutines"
