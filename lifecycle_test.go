@@ -491,3 +491,42 @@ func TestProtocolErrorCloses(t *testing.T) {
 	assert.Equal(t, wsframe.CloseProtocolError, readClose(c))
 	assert.Equal(t, wsframe.CloseProtocolError, <-codes)
 }
+
+// TestPeerResetIsReported: when one side's connection breaks (a reset, as
+// when a process crashes), the other side gets a close frame instead of a
+// bare TCP close: 1011 for a client whose backend crashed, 1001 for a
+// backend whose client vanished.
+func TestPeerResetIsReported(t *testing.T) {
+	t.Parallel()
+	t.Run("backend crashes", func(t *testing.T) {
+		t.Parallel()
+		crash := make(chan struct{})
+		backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			c, err := wstest.Upgrade(w, r, nil)
+			if err != nil {
+				return
+			}
+			<-crash
+			c.Conn.(*net.TCPConn).SetLinger(0) // close with a reset
+			c.Close()
+		}))
+		_, url := newProxy(t, []string{backend})
+		c := dial(t, url)
+		close(crash)
+		assert.Equal(t, wsframe.CloseInternalError, readClose(c))
+	})
+	t.Run("client vanishes", func(t *testing.T) {
+		t.Parallel()
+		backend, codes := closeRecorder(t, nil)
+		_, url := newProxy(t, []string{backend})
+		c := dial(t, url)
+		c.Conn.(*net.TCPConn).SetLinger(0)
+		c.Close()
+		select {
+		case code := <-codes:
+			assert.Equal(t, wsframe.CloseGoingAway, code)
+		case <-time.After(5 * time.Second):
+			t.Fatal("the backend heard nothing")
+		}
+	})
+}

@@ -81,8 +81,10 @@ type CloseInfo struct {
 	BackendToClient Traffic
 	// Reason says why the proxy ended the tunnel: "shutdown", "idle timeout",
 	// "max lifetime", "target removed", "backend not responding", "client not
-	// responding", "half-close timeout", "message too big" or a protocol
-	// error. It is empty when the peers ended it themselves.
+	// responding", "backend connection lost", "client connection lost" (a
+	// reset: the other side got a close frame), "half-close timeout",
+	// "message too big" or a protocol error. It is empty when the peers
+	// ended it themselves.
 	Reason string
 	// Err is the network error that ended the tunnel, nil for an orderly end.
 	Err error

@@ -64,6 +64,7 @@ type pump struct {
 	remaining uint64 // payload bytes of the current data frame still to pass
 	msgSize   uint64 // bytes of the current (possibly fragmented) message so far
 	broken    bool   // framing was lost after a protocol error: discard everything
+	srcFailed bool   // reading src failed (not an EOF): the src side broke
 
 	// Write state, guarded by mu: whoever holds mu may write to dst.
 	mu           sync.Mutex
@@ -309,12 +310,39 @@ func (tn *tunnel) pumpDone(p *pump, err error) {
 		// The read deadline after a completed close handshake.
 		tn.teardown(nil)
 	default:
+		if p.srcFailed && !errors.Is(err, net.ErrClosed) {
+			p.tellPeerGone()
+		}
 		tn.teardown(err)
 	}
 	if tn.running.Add(-1) == 0 {
 		tn.teardown(nil)
 		tn.finish()
 	}
+}
+
+// tellPeerGone writes a close frame to the side still standing when the
+// other one broke (a reset, not an orderly end): a client whose backend
+// crashed reads 1011 rather than a bare TCP close (1006), a backend whose
+// client vanished reads 1001. It happens at a frame boundary only, and
+// never waits longer than the close timeout.
+func (p *pump) tellPeerGone() {
+	tn := p.t
+	code, reason, mask := uint16(wsframe.CloseGoingAway), "client connection lost", newMask()
+	if p == &tn.down {
+		code, reason, mask = wsframe.CloseInternalError, "backend connection lost", nil
+	}
+	tn.mu.Lock()
+	torn := tn.torn
+	if tn.reason == "" {
+		tn.reason = reason
+	}
+	tn.mu.Unlock()
+	if torn {
+		return
+	}
+	p.dst.SetWriteDeadline(time.Now().Add(tn.p.cfg.closeTimeout))
+	p.inject(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(code, reason), mask), true)
 }
 
 func (tn *tunnel) isClosing() bool {
@@ -433,6 +461,7 @@ func (p *pump) loop() error {
 			return nil
 		}
 		if rerr != nil {
+			p.srcFailed = true
 			return rerr
 		}
 		// After a close frame went to dst nothing more may reach it: the

@@ -30,6 +30,7 @@ if [ -n "$unformatted" ]; then echo "gofmt would change: $unformatted"; exit 1; 
 # go test hides a passing package's output; the interop test also writes its
 # client x backend matrix here so it can be shown.
 export WSPROXY_INTEROP_REPORT="${TMPDIR:-/tmp}/wsproxy-interop-matrix.$$.txt"
+export WSPROXY_SOAK_REPORT="${TMPDIR:-/tmp}/wsproxy-soak.$$.txt"
 for m in "${modules[@]}"; do
   step "go vet + go test -race ($m)"
   (cd "$m" && go vet ./... && go test -race -count=1 -timeout 20m ./...)
@@ -37,6 +38,10 @@ done
 step "library again, with every idle pump parked in the reactor after 5ms"
 WSPROXY_TEST_PARK_AFTER=5ms go test -race -count=1 -timeout 10m .
 
+if [ -s "$WSPROXY_SOAK_REPORT" ]; then
+  step "soak and chaos summary"
+  cat "$WSPROXY_SOAK_REPORT" && rm -f "$WSPROXY_SOAK_REPORT"
+fi
 if [ -s "$WSPROXY_INTEROP_REPORT" ]; then
   step "interop matrix"
   cat "$WSPROXY_INTEROP_REPORT" && rm -f "$WSPROXY_INTEROP_REPORT"
