@@ -177,6 +177,9 @@ bench() {
     done
   done
   "$bin/report" -md "$OUT/bench.md" -svg "$OUT/bench.svg" "$results"
+  printf '\nBuilt from %s, run %s on %s cores, ROUNDS=%s DURATION=%s WARMUP=%s.\n' \
+    "${REV:-$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- '*.go' 2>/dev/null || echo ' with uncommitted changes')}" \
+    "$(date -u '+%F %H:%M UTC')" "$(nproc)" "$ROUNDS" "$DURATION" "$WARMUP" | tee -a "$OUT/bench.md"
   log "wrote $OUT/bench.md, $OUT/bench.svg and $results"
 }
 
