@@ -12,21 +12,23 @@ import (
 // netpoller; only a pump that found nothing to read for parkAfter (or a
 // new tunnel with nothing to read yet) pays one extra hop when bytes come.
 //
-// There is one reactor per process. It exists only while something is
-// parked: its goroutine, epoll instance and wake-up pipe go away when the
-// last pump leaves, so an idle process (or a test's leak check) sees none.
+// There is one reactor per process. It exists only while it has work: its
+// goroutine and epoll instance go away once nothing has been parked for a
+// whole reactorLinger, so an idle process (or a test's leak check) sees
+// none, while a stream of short-lived tunnels does not create and destroy
+// it for each one.
 type reactor struct {
 	mu     sync.Mutex
-	epfd   int // -1 when not running
-	wake   [2]int
+	epfd   int    // -1 when not running
 	gen    uint64 // counts epoll instances, so a pump knows if its registration is still there
-	seq    uint64
+	seq    uint64 // pump tokens; 0 means none yet
 	parked map[uint64]*pump
 }
 
 var theReactor = reactor{epfd: -1}
 
-const wakeToken = 0 // event data of the wake-up pipe; pump tokens start at 1
+// reactorLinger is how long the reactor waits, empty, before it goes away.
+const reactorLinger = 500 // milliseconds, EpollWait's unit
 
 // park registers p's socket and reports whether the pump is now parked;
 // the caller's goroutine must then return without touching p again. On
@@ -58,7 +60,6 @@ func (r *reactor) park(p *pump) bool {
 		}
 	})
 	if cerr != nil || err != nil {
-		r.stopIfIdleLocked()
 		return false
 	}
 	p.epGen = r.gen
@@ -75,7 +76,6 @@ func (r *reactor) unpark(p *pump) bool {
 		return false
 	}
 	delete(r.parked, p.token)
-	r.stopIfIdleLocked()
 	return true
 }
 
@@ -84,64 +84,41 @@ func (r *reactor) startLocked() bool {
 	if err != nil {
 		return false
 	}
-	var wake [2]int
-	if err := syscall.Pipe2(wake[:], syscall.O_CLOEXEC|syscall.O_NONBLOCK); err != nil {
-		syscall.Close(epfd)
-		return false
-	}
-	ev := syscall.EpollEvent{Events: syscall.EPOLLIN} // Fd, Pad = wakeToken
-	if err := syscall.EpollCtl(epfd, syscall.EPOLL_CTL_ADD, wake[0], &ev); err != nil {
-		syscall.Close(epfd)
-		syscall.Close(wake[0])
-		syscall.Close(wake[1])
-		return false
-	}
-	r.epfd, r.wake = epfd, wake
+	r.epfd = epfd
 	r.gen++
 	if r.parked == nil {
 		r.parked = make(map[uint64]*pump)
 	}
-	go r.loop(epfd, wake[0], r.gen)
+	go r.loop(epfd)
 	return true
 }
 
-// stopIfIdleLocked wakes the loop so it can go away when nothing is parked.
-func (r *reactor) stopIfIdleLocked() {
-	if len(r.parked) == 0 && r.epfd >= 0 {
-		syscall.Write(r.wake[1], []byte{1})
-	}
-}
-
-func (r *reactor) loop(epfd, wake int, gen uint64) {
+func (r *reactor) loop(epfd int) {
 	events := make([]syscall.EpollEvent, 128)
 	var ready []*pump
+	idle := false // nothing was parked at the end of the last round either
 	for {
-		n, err := syscall.EpollWait(epfd, events, -1)
-		if err != nil && err != syscall.EINTR {
-			n = 0
+		n, err := syscall.EpollWait(epfd, events, reactorLinger)
+		if err != nil {
+			n = 0 // EINTR: look again
 		}
 		ready = ready[:0]
 		r.mu.Lock()
-		for _, ev := range events[:max(n, 0)] {
+		for _, ev := range events[:n] {
 			token := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
-			if token == wakeToken {
-				var b [64]byte
-				syscall.Read(wake, b[:])
-				continue
-			}
 			if p := r.parked[token]; p != nil {
 				delete(r.parked, token)
 				ready = append(ready, p)
 			}
 		}
-		stop := len(r.parked) == 0 && r.gen == gen
+		empty := len(r.parked) == 0
+		stop := empty && idle && n == 0
 		if stop {
 			syscall.Close(epfd)
-			syscall.Close(r.wake[0])
-			syscall.Close(r.wake[1])
 			r.epfd = -1
 		}
 		r.mu.Unlock()
+		idle = empty
 		for _, p := range ready {
 			go p.run()
 		}
