@@ -429,9 +429,10 @@ func (p *Proxy) connect(r *http.Request) (*Target, net.Conn, *http.Response, *bu
 		conn, resp, br, err := p.attempt(ctx, r, t)
 		switch {
 		case err == nil && resp.StatusCode >= 500 && lb.retry5xx && !last:
-			resp.Body.Close()
-			putReader(br)
+			// Drop the refusal unread: closing its body would first read it
+			// to the end.
 			conn.Close()
+			putReader(br)
 			t.open.Add(-1)
 			err = &BackendError{Target: t.raw, Op: "upgrade", Status: resp.StatusCode,
 				Err: fmt.Errorf("%w: status %d", ErrUpgradeRefused, resp.StatusCode)}
