@@ -43,8 +43,8 @@ type tunnel struct {
 	halfClose *time.Timer
 
 	lingering atomic.Bool  // the close handshake is done: read deadlines run out the linger
-	running   atomic.Int32 // pumps still running
-	done      chan struct{}
+	running   atomic.Int32  // pumps still running
+	done      chan struct{} // closed when the tunnel finished, if set before start (the HTTP/2 handler waits on it)
 
 	slot *admission // the client's places under the limits, released at the end
 }
