@@ -42,7 +42,7 @@ type tunnel struct {
 	timers    []*time.Timer
 	halfClose *time.Timer
 
-	lingering atomic.Bool  // the close handshake is done: read deadlines run out the linger
+	lingering atomic.Bool   // the close handshake is done: read deadlines run out the linger
 	running   atomic.Int32  // pumps still running
 	done      chan struct{} // closed when the tunnel finished, if set before start (the HTTP/2 handler waits on it)
 
