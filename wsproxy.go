@@ -573,8 +573,8 @@ func (p *Proxy) launch(r *http.Request, t *Target, client net.Conn, clientBuf []
 		prepare(tn)
 	}
 	tn.slot = slot.handOver()
+	t.stats.total.Add(1) // before the proxy's: its Total covers the targets'
 	p.total.Add(1)
-	t.stats.total.Add(1)
 	shuttingDown := p.register(tn)
 	if h := p.cfg.hooks.OnUpgrade; h != nil {
 		h(info)
