@@ -70,23 +70,37 @@ func BenchmarkHandshakePath(b *testing.B) {
 	}
 }
 
-// BenchmarkHandshake is a whole upgrade through the proxy on loopback:
-// client handshake, backend handshake, 101, close.
-func BenchmarkHandshake(b *testing.B) {
+// benchProxy runs an echo backend and a proxy in front of it on loopback
+// and returns the proxy's URL; the cleanup stops all three.
+func benchProxy(b *testing.B) string {
 	backend := &http.Server{Handler: wstest.EchoHandler()}
-	bl, _ := net.Listen("tcp", "127.0.0.1:0")
+	bl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
 	go backend.Serve(bl)
-	defer backend.Close()
 	p, err := New([]string{"ws://" + bl.Addr().String()})
 	if err != nil {
 		b.Fatal(err)
 	}
 	front := &http.Server{Handler: p}
-	fl, _ := net.Listen("tcp", "127.0.0.1:0")
+	fl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
 	go front.Serve(fl)
-	defer front.Close()
-	defer p.Close()
-	url := "ws://" + fl.Addr().String()
+	b.Cleanup(func() {
+		front.Close()
+		p.Close()
+		backend.Close()
+	})
+	return "ws://" + fl.Addr().String()
+}
+
+// BenchmarkHandshake is a whole upgrade through the proxy on loopback:
+// client handshake, backend handshake, 101, close.
+func BenchmarkHandshake(b *testing.B) {
+	url := benchProxy(b)
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
@@ -103,20 +117,8 @@ func BenchmarkHandshake(b *testing.B) {
 func BenchmarkTunnelEcho(b *testing.B) {
 	for _, size := range []int{128, 64 << 10} {
 		b.Run(fmt.Sprintf("%dB", size), func(b *testing.B) {
-			backend := &http.Server{Handler: wstest.EchoHandler()}
-			bl, _ := net.Listen("tcp", "127.0.0.1:0")
-			go backend.Serve(bl)
-			defer backend.Close()
-			p, err := New([]string{"ws://" + bl.Addr().String()})
-			if err != nil {
-				b.Fatal(err)
-			}
-			front := &http.Server{Handler: p}
-			fl, _ := net.Listen("tcp", "127.0.0.1:0")
-			go front.Serve(fl)
-			defer front.Close()
-			defer p.Close()
-			c, _, err := wstest.Dial(context.Background(), "ws://"+fl.Addr().String(), nil, nil)
+			url := benchProxy(b)
+			c, _, err := wstest.Dial(context.Background(), url, nil, nil)
 			if err != nil {
 				b.Fatal(err)
 			}

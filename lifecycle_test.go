@@ -47,6 +47,23 @@ func closeRecorder(t *testing.T, script func(c *wstest.Conn)) (string, chan int)
 	return url, codes
 }
 
+// scriptedSilentBackend is a backend that completes the handshake, runs
+// script, then only reads (and discards) until the connection ends: it
+// never answers a ping or a close frame.
+func scriptedSilentBackend(t *testing.T, script func(c *wstest.Conn)) string {
+	return newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := wstest.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if script != nil {
+			script(c)
+		}
+		io.Copy(io.Discard, c.Conn)
+	}))
+}
+
 // readClose reads until a close frame or an error; it returns the close
 // code, or -1 when the connection ended without one.
 func readClose(c *wstest.Conn) int {
@@ -273,16 +290,11 @@ func TestShutdownManyTunnels(t *testing.T) {
 // timeout and Shutdown still returns.
 func TestShutdownStalledMidFrame(t *testing.T) {
 	t.Parallel()
-	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := wstest.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	// A backend that stalls in the middle of a frame.
+	backend := scriptedSilentBackend(t, func(c *wstest.Conn) {
 		frame := wstest.AppendFrame(nil, wstest.Frame{Fin: true, Op: wsframe.OpBinary, Payload: make([]byte, 100)}, false)
 		c.Write(frame[:50])
-		io.Copy(io.Discard, c.Conn) // stalls, never finishing the frame
-	}))
+	})
 	p, url := newProxy(t, []string{backend}, WithCloseTimeout(100*time.Millisecond))
 	c := dial(t, url)
 	require.Eventually(t, func() bool { return p.Stats().BackendToClient.Bytes == 50 }, 5*time.Second, 5*time.Millisecond)
@@ -300,16 +312,7 @@ func TestKeepalive(t *testing.T) {
 	t.Parallel()
 	t.Run("dead backend", func(t *testing.T) {
 		t.Parallel()
-		// A backend that completes the handshake and then never writes
-		// again: it answers no ping.
-		stuck := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			c, err := wstest.Upgrade(w, r, nil)
-			if err != nil {
-				return
-			}
-			defer c.Close()
-			io.Copy(io.Discard, c.Conn)
-		}))
+		stuck := scriptedSilentBackend(t, nil) // answers no ping
 		hook, closed := closeInfoHook()
 		_, url := newProxy(t, []string{stuck}, WithPingInterval(100*time.Millisecond), hook)
 		c := dial(t, url)
@@ -441,7 +444,8 @@ func TestStatsMatchOpenTunnels(t *testing.T) {
 
 func TestHalfCloseTimeout(t *testing.T) {
 	t.Parallel()
-	// A backend that never closes its side.
+	// A backend that never closes its side: after the client's FIN it
+	// keeps its own half open until the proxy cuts the tunnel.
 	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := wstest.Upgrade(w, r, nil)
 		if err != nil {
@@ -449,7 +453,7 @@ func TestHalfCloseTimeout(t *testing.T) {
 		}
 		defer c.Close()
 		io.Copy(io.Discard, c.Conn)
-		time.Sleep(time.Second) // then hold its side open; the proxy cuts it first
+		time.Sleep(time.Second)
 	}))
 	hook, closed := closeInfoHook()
 	_, url := newProxy(t, []string{backend}, WithHalfCloseTimeout(100*time.Millisecond), hook)
