@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -162,17 +163,9 @@ func h2BackendView(r *http.Request) *http.Request {
 // HTTP/2 applies per stream and which must not cut the tunnel.
 func write200(w http.ResponseWriter, rc *http.ResponseController, resp *http.Response, timeout time.Duration) error {
 	h := w.Header()
-	for k := range h {
-		if isHopByHop(k) || k == "Content-Length" || k == "Content-Type" {
-			delete(h, k)
-		}
-	}
-	named := connectionTokens(resp.Header)
-	for k, vv := range resp.Header {
-		if !isHopByHop(k) && !named[k] && k != "Sec-Websocket-Accept" && k != "Content-Length" {
-			h[k] = vv
-		}
-	}
+	answer := answerHeader(h, resp)
+	clear(h)
+	maps.Copy(h, answer)
 	rc.SetReadDeadline(time.Time{})
 	if timeout > 0 {
 		rc.SetWriteDeadline(time.Now().Add(timeout))

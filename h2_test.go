@@ -741,3 +741,22 @@ func TestH2PlainRequestNotUpgrade(t *testing.T) {
 	echoMessage(t, c, wsframe.OpText, []byte("same connection"))
 	assert.Equal(t, int32(1), f.conns.Load())
 }
+
+// TestH2NoContentHeadersIn200: a compression middleware that sets
+// Content-Encoding before calling the proxy must not leak it into the 200,
+// which would tell the browser the stream itself is compressed.
+func TestH2NoContentHeadersIn200(t *testing.T) {
+	t.Parallel()
+	f := newH2FixtureWith(t, func(s *http.Server) {
+		next := s.Handler
+		s.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Encoding", "gzip")
+			w.Header().Set("X-Request-Id", "42")
+			next.ServeHTTP(w, r)
+		})
+	}, []string{newEcho(t)})
+	c, resp := f.mustDial(t, "/", nil)
+	assert.Empty(t, resp.Header.Get("Content-Encoding"))
+	assert.Equal(t, "42", resp.Header.Get("X-Request-Id"), "other middleware headers still reach the client")
+	echoMessage(t, c, wsframe.OpText, []byte("plain"))
+}

@@ -619,26 +619,40 @@ func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, resp *http.Respons
 	resp.Body.Close()
 }
 
-// write101 answers the client. The response carries the backend's accept
-// value, subprotocol and extensions, its other end-to-end headers (cookies,
-// for example) and whatever a middleware put in w.Header() before the proxy
-// ran.
-func write101(conn net.Conn, pre http.Header, resp *http.Response, timeout time.Duration) error {
+// answerHeader is what the client's success answer (101, or 200 over
+// HTTP/2) carries besides the upgrade's own headers: what a middleware put
+// in w.Header() before the proxy ran (pre) and the backend's end-to-end
+// headers (subprotocol, extensions, cookies). Hop-by-hop and
+// Connection-named headers stay behind, and so does everything Content-*:
+// the answer has no content, and a compression middleware's
+// Content-Encoding would tell the client the stream itself is compressed.
+// Sec-WebSocket-Accept is the caller's to set (HTTP/2 has none).
+func answerHeader(pre http.Header, resp *http.Response) http.Header {
 	h := make(http.Header, len(pre)+len(resp.Header))
-	// A 101 has no content: Content-Type, -Length, -Encoding (a compression
-	// middleware sets that one before calling the proxy) would only confuse
-	// the client.
+	keep := func(k string) bool {
+		return !isHopByHop(k) && !strings.HasPrefix(k, "Content-") && k != "Sec-Websocket-Accept"
+	}
 	for k, vv := range pre {
-		if !isHopByHop(k) && !strings.HasPrefix(k, "Content-") {
+		if keep(k) {
 			h[k] = vv
 		}
 	}
 	named := connectionTokens(resp.Header)
 	for k, vv := range resp.Header {
-		if !isHopByHop(k) && !named[k] && !strings.HasPrefix(k, "Content-") {
+		if keep(k) && !named[k] {
 			h[k] = vv
 		}
 	}
+	return h
+}
+
+// write101 answers the client. The response carries the backend's accept
+// value, subprotocol and extensions, its other end-to-end headers (cookies,
+// for example) and whatever a middleware put in w.Header() before the proxy
+// ran.
+func write101(conn net.Conn, pre http.Header, resp *http.Response, timeout time.Duration) error {
+	h := answerHeader(pre, resp)
+	h["Sec-Websocket-Accept"] = resp.Header["Sec-Websocket-Accept"] // checked against the client's key
 	h["Upgrade"] = []string{"websocket"}
 	h["Connection"] = []string{"Upgrade"}
 	for k, vv := range h {
