@@ -28,14 +28,6 @@ func serve(t *testing.T, h http.Handler) string {
 	return "ws://" + s.Listener.Addr().String()
 }
 
-func echoText(t *testing.T, c *wstest.Conn, msg string) {
-	t.Helper()
-	require.NoError(t, c.WriteMessage(wsframe.OpText, []byte(msg)))
-	_, got, err := c.ReadMessage()
-	require.NoError(t, err)
-	assert.Equal(t, msg, string(got))
-}
-
 func TestServeMuxPattern(t *testing.T) {
 	t.Parallel()
 	backend, got := headerBackend(t)
@@ -48,7 +40,7 @@ func TestServeMuxPattern(t *testing.T) {
 	url := serve(t, mux)
 
 	c := dial(t, url+"/ws/lobby?user=7")
-	echoText(t, c, "hi")
+	echoMessage(t, c, wsframe.OpText, []byte("hi"))
 	r := <-got
 	assert.Equal(t, "/ws/lobby?user=7", r.RequestURI, "the whole path goes to the backend")
 }
@@ -64,7 +56,7 @@ func TestStripPrefix(t *testing.T) {
 	url := serve(t, mux)
 
 	c := dial(t, url+"/chat/room/1")
-	echoText(t, c, "hi")
+	echoMessage(t, c, wsframe.OpText, []byte("hi"))
 	assert.Equal(t, "/socket/room/1", (<-got).RequestURI)
 }
 
@@ -114,7 +106,7 @@ func TestUnwrapMiddlewareChain(t *testing.T) {
 	url := serve(t, logging(metrics(auth(p))))
 
 	c := dial(t, url, "Authorization: Bearer ok")
-	echoText(t, c, "through three wrappers")
+	echoMessage(t, c, wsframe.OpText, []byte("through three wrappers"))
 	assert.Equal(t, int64(1), logged.Load(), "ServeHTTP returns once the tunnel runs")
 	assert.Equal(t, int64(1), counted.Load())
 
@@ -137,7 +129,7 @@ func TestHijackerMiddleware(t *testing.T) {
 	url := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		p.ServeHTTP(hijackingWriter{w}, r)
 	}))
-	echoText(t, dial(t, url), "old style")
+	echoMessage(t, dial(t, url), wsframe.OpText, []byte("old style"))
 }
 
 // TestTimeoutHandler: http.TimeoutHandler's writer cannot be hijacked; the
@@ -202,5 +194,5 @@ func TestCompressionMiddleware(t *testing.T) {
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(5 * time.Second))
 	assert.Empty(t, resp.Header.Get("Content-Encoding"))
-	echoText(t, c, strings.Repeat("compressible ", 100))
+	echoMessage(t, c, wsframe.OpText, []byte(strings.Repeat("compressible ", 100)))
 }

@@ -3,6 +3,7 @@
 package wsproxy
 
 import (
+	"errors"
 	"net"
 	"syscall"
 )
@@ -11,4 +12,8 @@ import (
 // not implemented: the pump then blocks in Read holding its buffer.
 func parkableConn(net.Conn) syscall.RawConn { return nil }
 
-func (p *pump) readRaw() (*[]byte, int, error) { panic("wsproxy: no raw reads here") }
+// readRaw is never called here: parkableConn returns nil, so pumps read
+// through net.Conn.Read.
+func (p *pump) readRaw() (*[]byte, int, error) {
+	return nil, 0, errors.New("wsproxy: raw reads are implemented on Linux only")
+}

@@ -14,6 +14,7 @@ import (
 	"net/netip"
 	"net/textproto"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -176,9 +177,9 @@ func (p *Proxy) backendHeader(r *http.Request) http.Header {
 			continue
 		case k == "Origin" && p.cfg.stripOrigin:
 			continue
-		case slicesContains(handshakeHeaders, k):
+		case slices.Contains(handshakeHeaders, k):
 			continue
-		case slicesContains(forwardingHeaders, k) && !trusted:
+		case slices.Contains(forwardingHeaders, k) && !trusted:
 			continue
 		}
 		h[k] = append([]string(nil), v...)
@@ -197,7 +198,7 @@ func (p *Proxy) backendHeader(r *http.Request) http.Header {
 func (p *Proxy) setOwnHeaders(h http.Header, key string) {
 	for k := range h {
 		ck := textproto.CanonicalMIMEHeaderKey(k)
-		if isHopByHop(ck) || slicesContains(handshakeHeaders, ck) || ck == "Host" || ck == "Content-Length" {
+		if isHopByHop(ck) || slices.Contains(handshakeHeaders, ck) || ck == "Host" || ck == "Content-Length" {
 			delete(h, k)
 		}
 	}
@@ -254,15 +255,6 @@ func (p *Proxy) trustedPeer(r *http.Request) bool {
 func (p *Proxy) isTrusted(a netip.Addr) bool {
 	for _, pfx := range p.cfg.trustedProxies {
 		if pfx.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
-
-func slicesContains(s []string, v string) bool {
-	for _, x := range s {
-		if x == v {
 			return true
 		}
 	}
@@ -566,12 +558,12 @@ func checkUpgradeResponse(resp *http.Response, req *backendRequest) error {
 		return bad("Sec-WebSocket-Accept does not match the key")
 	}
 	if v := h["Sec-Websocket-Protocol"]; len(v) > 0 {
-		if len(v) != 1 || !slicesContains(req.protos, v[0]) {
+		if len(v) != 1 || !slices.Contains(req.protos, v[0]) {
 			return bad("subprotocol %q was not offered", strings.Join(v, ", "))
 		}
 	}
 	for _, name := range extensionNames(h["Sec-Websocket-Extensions"]) {
-		if !slicesContains(req.exts, name) {
+		if !slices.Contains(req.exts, name) {
 			return bad("extension %q was not offered", name)
 		}
 	}

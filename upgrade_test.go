@@ -272,21 +272,15 @@ func TestBackendHeaders(t *testing.T) {
 func TestBackendHeaderSpelling(t *testing.T) {
 	t.Parallel()
 	lines := make(chan string, 1)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
+	backend := rawBackend(t, func(c net.Conn) {
 		buf := make([]byte, 4096)
 		n, _ := c.Read(buf)
-		lines <- string(buf[:n])
-	}()
-	_, url := newProxy(t, []string{"ws://" + ln.Addr().String()}, WithHandshakeTimeout(200*time.Millisecond))
+		select {
+		case lines <- string(buf[:n]):
+		default:
+		}
+	})
+	_, url := newProxy(t, []string{backend}, WithHandshakeTimeout(200*time.Millisecond))
 	rawRequest(t, url, string(wstest.Request(hostOf(url), "/", wstest.NewKey(), "Sec-WebSocket-Protocol: a")))
 	req := <-lines
 	for _, name := range []string{"Sec-WebSocket-Key: ", "Sec-WebSocket-Version: 13", "Sec-WebSocket-Protocol: a"} {
@@ -338,6 +332,25 @@ func TestRewrite(t *testing.T) {
 // request's key, then keeps reading: it records whatever arrives after.
 func scriptedBackend(t *testing.T, respond func(key string) string) (string, chan string) {
 	after := make(chan string, 1)
+	url := rawBackend(t, func(c net.Conn) {
+		br := bufio.NewReader(c)
+		req, err := http.ReadRequest(br)
+		if err != nil {
+			return
+		}
+		io.WriteString(c, respond(req.Header.Get("Sec-Websocket-Key")))
+		rest, _ := io.ReadAll(br)
+		select {
+		case after <- string(rest):
+		default:
+		}
+	})
+	return url, after
+}
+
+// rawBackend accepts TCP connections on loopback and hands each to handle,
+// which has 5 seconds; it returns the ws:// URL.
+func rawBackend(t *testing.T, handle func(c net.Conn)) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	t.Cleanup(func() { ln.Close() })
@@ -350,21 +363,11 @@ func scriptedBackend(t *testing.T, respond func(key string) string) (string, cha
 			go func() {
 				defer c.Close()
 				c.SetDeadline(time.Now().Add(5 * time.Second))
-				br := bufio.NewReader(c)
-				req, err := http.ReadRequest(br)
-				if err != nil {
-					return
-				}
-				io.WriteString(c, respond(req.Header.Get("Sec-Websocket-Key")))
-				rest, _ := io.ReadAll(br)
-				select {
-				case after <- string(rest):
-				default:
-				}
+				handle(c)
 			}()
 		}
 	}()
-	return "ws://" + ln.Addr().String(), after
+	return "ws://" + ln.Addr().String()
 }
 
 func TestBackendResponses(t *testing.T) {
@@ -465,24 +468,13 @@ func TestBackendDown(t *testing.T) {
 func TestBackendTimeouts(t *testing.T) {
 	t.Parallel()
 	// A backend that accepts and never answers.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			defer c.Close()
-		}
-	}()
+	silent := rawBackend(t, func(c net.Conn) { io.Copy(io.Discard, c) })
 	var rejected atomic.Value
-	_, url := newProxy(t, []string{"ws://" + ln.Addr().String()}, WithHandshakeTimeout(100*time.Millisecond),
+	_, url := newProxy(t, []string{silent}, WithHandshakeTimeout(100*time.Millisecond),
 		WithHooks(Hooks{OnReject: func(_ *http.Request, err error) { rejected.Store(err) }}))
 	resp, _, _ := rawRequest(t, url, string(wstest.Request(hostOf(url), "/", wstest.NewKey())))
 	assert.Equal(t, http.StatusGatewayTimeout, resp.StatusCode)
-	err, _ = rejected.Load().(error)
+	err, _ := rejected.Load().(error)
 	require.ErrorIs(t, err, ErrBackendHandshake)
 
 	// A dial that cannot finish in time (a custom dialer that waits).
