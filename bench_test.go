@@ -149,8 +149,8 @@ func BenchmarkFrameTracking(b *testing.B) {
 				stream = wstest.AppendFrame(stream, wstest.Frame{Fin: true, Op: wsframe.OpBinary, Payload: make([]byte, size)}, true)
 			}
 			p := &Proxy{}
-			tn := &tunnel{p: p}
-			pu := &pump{t: tn, dst: discardConn{}, fromClient: true}
+			tn := &tunnel{p: p, back: discardConn{}}
+			pu := &pump{t: tn, fromClient: true}
 			buf := make([]byte, bufHeadroom+bufSize)
 			b.SetBytes(int64(len(stream)))
 			b.ReportAllocs()

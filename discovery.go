@@ -287,7 +287,7 @@ func (p *Proxy) closeTunnelsTo(t *Target, reason string) {
 	}
 	p.mu.Lock()
 	var open []*tunnel
-	for tn := range p.tunnels {
+	for tn := range p.tunnels.all() {
 		if tn.target == t {
 			open = append(open, tn)
 		}

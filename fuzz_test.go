@@ -196,13 +196,13 @@ func FuzzFrameTracker(f *testing.F) {
 	f.Fuzz(func(t *testing.T, stream, cuts []byte, fromClient bool, limit uint16) {
 		p := &Proxy{cfg: defaultConfig()}
 		p.cfg.maxMessageSize = int64(limit)
-		tn := newTunnel(p, &Target{}, &fakeConn{}, nil, &fakeConn{}, nil, TunnelInfo{Start: time.Now()})
+		tn := newTunnel(p, &Target{}, &fakeConn{}, &fakeConn{}, TunnelInfo{Start: time.Now()})
 		tn.pingID = fuzzPingID
 		pu := &tn.down
 		if fromClient {
 			pu = &tn.up
 		}
-		dst := pu.dst.(*fakeConn)
+		dst := pu.dst().(*fakeConn)
 		frames, want, wantMessages, stop, bad := refTrack(stream, fromClient, uint64(limit))
 
 		var err error
@@ -214,21 +214,21 @@ func FuzzFrameTracker(f *testing.F) {
 			// What pump.chunk does: the carried tail goes in the headroom.
 			buf := make([]byte, bufHeadroom+n)
 			copy(buf[bufHeadroom:], stream[o:o+n])
-			start := bufHeadroom - pu.ncarry
+			start := bufHeadroom - int(pu.ncarry)
 			if pu.ncarry > 0 {
 				copy(buf[start:], pu.carry[:pu.ncarry])
 				pu.ncarry = 0
 			}
-			err = pu.process(buf[start:])
+			err = pu.process(buf[start:], time.Now().UnixNano())
 			o += n
 			if err != nil {
 				break
 			}
 			remaining, carry, midFrame := refState(frames, stop, o)
-			if pu.remaining != remaining || pu.ncarry != carry {
+			if pu.remaining != remaining || int(pu.ncarry) != carry {
 				t.Fatalf("after %d bytes: remaining %d, carry %d; want %d, %d", o, pu.remaining, pu.ncarry, remaining, carry)
 			}
-			if !pu.sentClose.Load() && pu.midFrame != midFrame {
+			if !pu.flags.has(fSentClose) && pu.midFrame != midFrame {
 				t.Fatalf("after %d bytes: midFrame %v, want %v", o, pu.midFrame, midFrame)
 			}
 		}

@@ -86,7 +86,7 @@ func (p *Proxy) serveH2(w http.ResponseWriter, r *http.Request) {
 		p.reject(w, r, ErrShuttingDown)
 		return
 	}
-	tn, client := p.openH2(w, r, rc, slot)
+	tn, client := p.openH2(w, r, rc, &slot)
 	if tn == nil {
 		return
 	}
@@ -135,7 +135,7 @@ func (p *Proxy) openH2(w http.ResponseWriter, r *http.Request, rc *http.Response
 	tn := p.launch(r, t, client, nil, back, backBuf, resp, slot, func(tn *tunnel) {
 		tn.done = make(chan struct{}) // the handler waits for the tunnel
 		client.closeTimeout = p.cfg.closeTimeout
-		client.awaitingClose = func() bool { return tn.down.sentClose.Load() && !tn.up.srcClosed.Load() }
+		client.awaitingClose = func() bool { return tn.down.flags.has(fSentClose) && !tn.up.flags.has(fSrcClosed) }
 	})
 	return tn, client
 }

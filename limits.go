@@ -42,28 +42,29 @@ const (
 	sweepFull  = time.Second
 )
 
-// limiter holds the live counts behind the limits. Its zero value is ready.
+// limiter holds the live counts behind the limits. New sets cfg.
 type limiter struct {
 	mu        sync.Mutex
+	cfg       *config
 	open      int // admitted handshakes and tunnels
 	clients   map[netip.Prefix]*clientState
 	lastSweep time.Time
 }
 
 type clientState struct {
+	key    netip.Prefix
 	open   int       // admitted handshakes and tunnels
 	tokens float64   // handshake tokens as of last
 	last   time.Time // when tokens was computed
 }
 
-// admission is one admitted handshake, then its tunnel. release gives its
-// places back; it is safe to call more than once, and a nil admission (no
-// limits configured) does nothing.
+// admission is one admitted handshake, then its tunnel: a small value
+// that the handler holds, then hands over to the tunnel (no allocation per
+// upgrade). release gives its places back; it is safe to call more than
+// once, and the zero admission (no limits configured) does nothing.
 type admission struct {
-	l      *limiter
-	cfg    *config
-	client netip.Prefix
-	perIP  bool
+	l  *limiter
+	cs *clientState // the client's entry, if per-client limits apply
 }
 
 // rateLimitError is ErrRateLimited with the wait until the next token.
@@ -75,10 +76,10 @@ func (e *rateLimitError) Unwrap() error { return ErrRateLimited }
 // admit takes a place for r's handshake under the configured limits, or
 // says which limit refused it: ErrTooManyTunnels (503) or ErrRateLimited
 // (429), both with a Retry-After.
-func (p *Proxy) admit(r *http.Request) (*admission, error) {
+func (p *Proxy) admit(r *http.Request) (admission, error) {
 	c := &p.cfg
 	if c.maxTunnels == 0 && c.maxTunnelsPerIP == 0 && c.handshakeRate == 0 {
-		return nil, nil
+		return admission{}, nil
 	}
 	client, perIP := p.clientPrefix(r)
 	perIP = perIP && (c.maxTunnelsPerIP > 0 || c.handshakeRate > 0)
@@ -88,7 +89,7 @@ func (p *Proxy) admit(r *http.Request) (*admission, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if c.maxTunnels > 0 && l.open >= c.maxTunnels {
-		return nil, ErrTooManyTunnels
+		return admission{}, ErrTooManyTunnels
 	}
 	var cs *clientState
 	if perIP {
@@ -96,29 +97,29 @@ func (p *Proxy) admit(r *http.Request) (*admission, error) {
 		cs = l.clients[client]
 		if cs == nil {
 			if len(l.clients) >= maxClients {
-				return nil, &rateLimitError{wait: sweepFull}
+				return admission{}, &rateLimitError{wait: sweepFull}
 			}
-			cs = &clientState{tokens: float64(c.handshakeBurst), last: now}
+			cs = &clientState{key: client, tokens: float64(c.handshakeBurst), last: now}
 			if l.clients == nil {
 				l.clients = make(map[netip.Prefix]*clientState)
 			}
 			l.clients[client] = cs
 		}
 		if c.maxTunnelsPerIP > 0 && cs.open >= c.maxTunnelsPerIP {
-			return nil, ErrTooManyTunnels
+			return admission{}, ErrTooManyTunnels
 		}
 		if c.handshakeRate > 0 {
 			cs.refill(c, now)
 			if cs.tokens < 1 {
 				wait := time.Duration((1 - cs.tokens) / c.handshakeRate * float64(time.Second))
-				return nil, &rateLimitError{wait: wait}
+				return admission{}, &rateLimitError{wait: wait}
 			}
 			cs.tokens--
 		}
 		cs.open++
 	}
 	l.open++
-	return &admission{l: l, cfg: c, client: client, perIP: perIP}, nil
+	return admission{l: l, cs: cs}, nil
 }
 
 func (cs *clientState) refill(c *config, now time.Time) {
@@ -163,13 +164,10 @@ func (a *admission) release() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.open--
-	if !a.perIP {
-		return
-	}
-	if cs := l.clients[a.client]; cs != nil {
+	if cs := a.cs; cs != nil {
 		cs.open--
-		if cs.idle(a.cfg, time.Now()) {
-			delete(l.clients, a.client)
+		if cs.idle(l.cfg, time.Now()) && l.clients[cs.key] == cs {
+			delete(l.clients, cs.key)
 		}
 	}
 }
@@ -177,13 +175,10 @@ func (a *admission) release() {
 // handOver moves the admission to the tunnel that now holds its places:
 // the returned one is released when the tunnel ends, and a's own release
 // does nothing.
-func (a *admission) handOver() *admission {
-	if a == nil {
-		return nil
-	}
+func (a *admission) handOver() admission {
 	b := *a
 	a.l = nil
-	return &b
+	return b
 }
 
 // clientPrefix is the client r counts as for per-client limits: its IPv4

@@ -183,7 +183,7 @@ func TestHandshakeRateRefill(t *testing.T) {
 		defer p.Close()
 		req := func(addr string) *http.Request { return &http.Request{RemoteAddr: addr, Header: http.Header{}} }
 
-		var slots []*admission
+		var slots []admission
 		for range 2 {
 			a, err := p.admit(req("192.0.2.1:1000"))
 			require.NoError(t, err)
@@ -197,9 +197,9 @@ func TestHandshakeRateRefill(t *testing.T) {
 		a, err := p.admit(req("192.0.2.1:1002"))
 		require.NoError(t, err, "a token came back after a second")
 		slots = append(slots, a)
-		for _, a := range slots {
-			a.release()
-			a.release() // twice is harmless
+		for i := range slots {
+			slots[i].release()
+			slots[i].release() // twice is harmless
 		}
 
 		// The entry stays while its bucket refills, then a sweep drops it.

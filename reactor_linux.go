@@ -18,11 +18,14 @@ import (
 // none, while a stream of short-lived tunnels does not create and destroy
 // it for each one.
 type reactor struct {
-	mu     sync.Mutex
-	epfd   int    // -1 when not running
-	gen    uint64 // counts epoll instances, so a pump knows if its registration is still there
-	seq    uint64 // pump tokens; 0 means none yet
-	parked map[uint64]*pump
+	mu   sync.Mutex
+	epfd int    // -1 when not running
+	gen  uint32 // counts epoll instances, so a pump knows if its registration is still there
+	// parked pumps by token-1: a slot table rather than a map, 8 bytes a
+	// parked pump; free holds the empty slots.
+	parked  []*pump
+	free    []uint32
+	nparked int
 }
 
 var theReactor = reactor{epfd: -1}
@@ -39,17 +42,18 @@ func (r *reactor) park(p *pump) bool {
 	if r.epfd < 0 && !r.startLocked() {
 		return false
 	}
-	if p.token == 0 {
-		r.seq++
-		p.token = r.seq
+	rc := parkableConn(p.src())
+	if rc == nil {
+		return false
 	}
+	r.slot(p)
 	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT}
-	ev.Fd, ev.Pad = int32(p.token), int32(p.token>>32)
+	ev.Fd = int32(p.token)
 	// Registering a socket that already has bytes fires at once (epoll is
 	// level-triggered for the check done on ADD and MOD), so no wake-up is
 	// lost between the pump's last look and this call.
 	var err error
-	cerr := p.rawSrc.Control(func(fd uintptr) {
+	cerr := rc.Control(func(fd uintptr) {
 		op := syscall.EPOLL_CTL_MOD
 		if p.epGen != r.gen {
 			op = syscall.EPOLL_CTL_ADD
@@ -60,11 +64,40 @@ func (r *reactor) park(p *pump) bool {
 		}
 	})
 	if cerr != nil || err != nil {
+		r.free = append(r.free, p.token-1)
 		return false
 	}
 	p.epGen = r.gen
-	r.parked[p.token] = p
+	r.parked[p.token-1] = p
+	r.nparked++
 	return true
+}
+
+// slot gives p a free slot of the table: its token is the slot's index + 1.
+// An event for a slot's earlier pump can still be on its way; it then wakes
+// the slot's new pump, which finds nothing to read and parks again.
+func (r *reactor) slot(p *pump) {
+	if n := len(r.free); n > 0 {
+		p.token = r.free[n-1] + 1
+		r.free = r.free[:n-1]
+		return
+	}
+	r.parked = append(r.parked, nil)
+	p.token = uint32(len(r.parked))
+}
+
+// take removes the pump with token from the table and returns it, or nil.
+func (r *reactor) take(token uint32) *pump {
+	if token == 0 || int(token) > len(r.parked) {
+		return nil
+	}
+	p := r.parked[token-1]
+	if p != nil {
+		r.parked[token-1] = nil
+		r.free = append(r.free, token-1)
+		r.nparked--
+	}
+	return p
 }
 
 // unpark takes p out of the reactor if it is parked there, and reports
@@ -72,10 +105,10 @@ func (r *reactor) park(p *pump) bool {
 func (r *reactor) unpark(p *pump) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if p.token == 0 || r.parked[p.token] != p {
+	if p.token == 0 || int(p.token) > len(r.parked) || r.parked[p.token-1] != p {
 		return false
 	}
-	delete(r.parked, p.token)
+	r.take(p.token)
 	return true
 }
 
@@ -86,9 +119,6 @@ func (r *reactor) startLocked() bool {
 	}
 	r.epfd = epfd
 	r.gen++
-	if r.parked == nil {
-		r.parked = make(map[uint64]*pump)
-	}
 	go r.loop(epfd)
 	return true
 }
@@ -105,22 +135,21 @@ func (r *reactor) loop(epfd int) {
 		ready = ready[:0]
 		r.mu.Lock()
 		for _, ev := range events[:n] {
-			token := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
-			if p := r.parked[token]; p != nil {
-				delete(r.parked, token)
+			if p := r.take(uint32(ev.Fd)); p != nil {
 				ready = append(ready, p)
 			}
 		}
-		empty := len(r.parked) == 0
+		empty := r.nparked == 0
 		stop := empty && idle && n == 0
 		if stop {
 			syscall.Close(epfd)
 			r.epfd = -1
+			r.parked, r.free = nil, nil // all empty: a peak's table goes too
 		}
 		r.mu.Unlock()
 		idle = empty
 		for _, p := range ready {
-			go p.run()
+			go p.run(nil)
 		}
 		if stop {
 			return

@@ -5,12 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"iter"
 	"math/rand/v2"
 	"net"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/wsproxy/wsproxy/internal/wsframe"
@@ -25,77 +26,216 @@ type tunnel struct {
 	target *Target
 	client net.Conn
 	back   net.Conn
-	info   TunnelInfo
+
+	// What info reports, kept field by field: an idle tunnel holds only
+	// what it must (see "Memory" in docs/DESIGN.md).
+	remoteAddr  string
+	path        string
+	subprotocol string
+	opened      time.Duration // since clockBase: the monotonic clock, in 8 bytes rather than a time.Time's 24
+	protoMajor  uint8
+	protoMinor  uint8
 
 	up   pump // client to backend
 	down pump // backend to client
 
-	lastActive atomic.Int64 // unix nanoseconds of the last frame passed between the peers
-	pingID     uint32       // first half of every ping payload the proxy sends
+	clock     *tunnelClock // nil unless an idle timeout or keepalive pings are configured
+	pingID    uint32       // first half of every ping payload the proxy sends
+	running   atomic.Int32 // pumps still running
+	lingering atomic.Bool  // the close handshake is done: read deadlines run out the linger
 
-	mu        sync.Mutex
-	reason    string // why the proxy ended the tunnel; "" when the peers did
-	err       error  // the first error that ended it
-	closing   bool   // a polite close was started
-	torn      bool   // sockets closed
-	eofs      int    // directions that ended with EOF
-	timers    []*time.Timer
-	halfClose *time.Timer
+	mu      sync.Mutex
+	closing bool        // a polite close was started
+	torn    bool        // sockets closed
+	eofs    uint8       // directions that ended with EOF
+	rare    *tunnelRare // timers, and why the tunnel ended; nil until needed, as most tunnels never need it
 
-	lingering atomic.Bool   // the close handshake is done: read deadlines run out the linger
-	running   atomic.Int32  // pumps still running
-	done      chan struct{} // closed when the tunnel finished, if set before start (the HTTP/2 handler waits on it)
+	prev, next *tunnel // in the proxy's tunnelList, under the proxy's mu
 
-	slot *admission // the client's places under the limits, released at the end
+	done chan struct{} // closed when the tunnel finished, if set before start (the HTTP/2 handler waits on it)
+	slot admission     // the client's places under the limits, released at the end
+}
+
+// A tunnelList is the proxy's registry of open tunnels: linked through the
+// tunnels themselves, so that registering one allocates nothing. The
+// proxy's mu guards it.
+type tunnelList struct {
+	first *tunnel
+	n     int
+}
+
+func (l *tunnelList) add(tn *tunnel) {
+	tn.prev, tn.next = nil, l.first
+	if l.first != nil {
+		l.first.prev = tn
+	}
+	l.first = tn
+	l.n++
+}
+
+// remove takes tn out; it must be in the list.
+func (l *tunnelList) remove(tn *tunnel) {
+	if tn.prev != nil {
+		tn.prev.next = tn.next
+	} else {
+		l.first = tn.next
+	}
+	if tn.next != nil {
+		tn.next.prev = tn.prev
+	}
+	tn.prev, tn.next = nil, nil
+	l.n--
+}
+
+func (l *tunnelList) all() iter.Seq[*tunnel] {
+	return func(yield func(*tunnel) bool) {
+		for tn := l.first; tn != nil; tn = tn.next {
+			if !yield(tn) {
+				return
+			}
+		}
+	}
 }
 
 // A pump moves one direction. It reads frames from src and writes them to
 // dst, tracking frame boundaries so that the proxy can write a control frame
-// of its own between two frames, never inside one.
+// of its own between two frames, never inside one. Its fields are what a
+// pump must remember while parked; what a running pump needs only while it
+// runs lives in its goroutine (see run).
 type pump struct {
-	t          *tunnel
-	src, dst   net.Conn
-	fromClient bool   // src is the client: its frames are masked, and frames the proxy writes to dst must be masked
-	initial    []byte // bytes read from src before the hijack, processed first
+	t *tunnel
 
 	// Read state, owned by the pump's goroutine.
 	carry     *[wsframe.MaxControlFrame]byte // unconsumed tail: a partial header or control frame; allocated on first use, as most tunnels never need it
-	ncarry    int
-	now       int64  // unix nanoseconds when the current chunk was read
-	remaining uint64 // payload bytes of the current data frame still to pass
-	msgSize   uint64 // bytes of the current (possibly fragmented) message so far
-	broken    bool   // framing was lost after a protocol error: discard everything
-	srcFailed bool   // reading src failed (not an EOF): the src side broke
+	remaining uint64                         // payload bytes of the current data frame still to pass
+	msgSize   uint64                         // bytes of the current (possibly fragmented) message so far
+	ncarry    uint8
+	broken    bool // framing was lost after a protocol error: discard everything
+	srcFailed bool // reading src failed (not an EOF): the src side broke
+
+	fromClient bool // src is the client: its frames are masked, and frames the proxy writes to dst must be masked
+	spliceOK   bool // plain TCP on both ends: large payloads can skip user space
 
 	// Write state, guarded by mu: whoever holds mu may write to dst.
-	mu           sync.Mutex
-	midFrame     bool   // the bytes written to dst end inside a frame
-	pending      []byte // a control frame to write at the next boundary
-	pendingClose bool
-	hasPending   atomic.Bool
-	sentClose    atomic.Bool // a close frame was written to dst; nothing follows it
-	dstShut      atomic.Bool // dst's write half is closed
+	midFrame bool // the bytes written to dst end inside a frame
+	mu       sync.Mutex
+	pending  *pendingFrame // a control frame to write at the next boundary
+	flags    pumpFlags     // fHasPending, fSentClose, fDstShut, fSrcClosed
 
-	spliceOK bool // plain TCP on both ends: large payloads can skip user space
-
-	// Idle parking (see reactor_linux.go); rawSrc is nil where the pump
-	// cannot park (TLS, HTTP/2 streams, other systems).
-	rawSrc   syscall.RawConn
-	readCB   func(fd uintptr) bool // p.readFD, made once
-	rbuf     *[]byte               // the buffer readFD reads into
-	rn       int
-	rerr     error
-	deadline int64  // unix nanoseconds of the idle read deadline the pump set
-	token    uint64 // the reactor's name for the pump
-	epGen    uint64 // the reactor generation the socket is registered with
+	// Idle parking (see reactor_linux.go): only plain TCP sources on Linux
+	// park; TLS, HTTP/2 streams and other systems wait in their goroutine.
+	parkable bool
+	token    uint32 // the reactor's name for the pump while parked
+	epGen    uint32 // the reactor generation the socket is registered with
 
 	// Observed facts, read by the tunnel and Stats.
+	closeCode atomic.Int32 // code of the close frame src sent (1005 if it had none)
 	bytes     atomic.Int64 // bytes written to dst, the proxy's own frames included
 	messages  atomic.Int64 // data messages forwarded
-	closeCode atomic.Int32 // code of the close frame src sent (1005 if it had none)
-	srcClosed atomic.Bool  // src sent a close frame
-	lastRead  atomic.Int64 // unix nanoseconds of the last byte read from src
-	pingSent  atomic.Int64 // unix nanoseconds of the proxy's last ping written to dst
+}
+
+// A tunnelClock holds the times the idle timeout and the keepalive pings
+// go by, all unix nanoseconds. Only tunnels that have either get one: the
+// others never look at the clock while passing bytes.
+type tunnelClock struct {
+	lastActive atomic.Int64    // the last frame passed between the peers
+	lastRead   [2]atomic.Int64 // by direction (pump.dir): the last byte read from src
+	pingSent   [2]atomic.Int64 // by direction: the proxy's last ping written to dst
+}
+
+// A tunnelRare holds what a tunnel needs only sometimes: its timers, and
+// why it ended. tn.mu guards it.
+type tunnelRare struct {
+	timers []*time.Timer // stopped when the tunnel ends
+	reason string        // why the proxy ended the tunnel; "" when the peers did
+	err    error         // the first error that ended it
+}
+
+// rareLocked returns the tunnel's tunnelRare, made on first use. tn.mu is
+// held.
+func (tn *tunnel) rareLocked() *tunnelRare {
+	if tn.rare == nil {
+		tn.rare = new(tunnelRare)
+	}
+	return tn.rare
+}
+
+// setReasonLocked records why the proxy ends the tunnel, unless a reason
+// was given before. tn.mu is held.
+func (tn *tunnel) setReasonLocked(reason string) {
+	if e := tn.rareLocked(); e.reason == "" {
+		e.reason = reason
+	}
+}
+
+// dir is the pump's index in the tunnelClock: 0 up, 1 down.
+func (p *pump) dir() int {
+	if p.fromClient {
+		return 0
+	}
+	return 1
+}
+
+// now returns the time to stamp the tunnel's clock with, or 0 when the
+// tunnel has no clock.
+func (tn *tunnel) now() int64 {
+	if tn.clock == nil {
+		return 0
+	}
+	return time.Now().UnixNano()
+}
+
+// sawRead stamps a read from src at now (from tn.now).
+func (p *pump) sawRead(now int64) {
+	if c := p.t.clock; c != nil {
+		c.lastRead[p.dir()].Store(now)
+	}
+}
+
+// sawFrame stamps a frame passed between the peers at now.
+func (tn *tunnel) sawFrame(now int64) {
+	if c := tn.clock; c != nil {
+		c.lastActive.Store(now)
+	}
+}
+
+// pumpFlags are a pump's facts that other goroutines read, in one word.
+type pumpFlags struct{ v atomic.Uint32 }
+
+const (
+	fHasPending uint32 = 1 << iota // pending holds a frame
+	fSentClose                     // a close frame was written to dst; nothing follows it
+	fDstShut                       // dst's write half is closed
+	fSrcClosed                     // src sent a close frame
+)
+
+func (f *pumpFlags) has(bit uint32) bool { return f.v.Load()&bit != 0 }
+func (f *pumpFlags) set(bit uint32)      { f.v.Or(bit) }
+func (f *pumpFlags) clear(bit uint32)    { f.v.And(^bit) }
+
+// setOnce sets bit and reports whether this call set it.
+func (f *pumpFlags) setOnce(bit uint32) bool { return f.v.Or(bit)&bit == 0 }
+
+// A pendingFrame is a control frame of the proxy's waiting for a frame
+// boundary.
+type pendingFrame struct {
+	frame   []byte
+	isClose bool
+}
+
+// src is the connection the pump reads, dst the one it writes.
+func (p *pump) src() net.Conn {
+	if p.fromClient {
+		return p.t.client
+	}
+	return p.t.back
+}
+
+func (p *pump) dst() net.Conn {
+	if p.fromClient {
+		return p.t.back
+	}
+	return p.t.client
 }
 
 // Tunnel buffers are taken from a pool only while bytes are being moved;
@@ -113,44 +253,79 @@ var bufPool = sync.Pool{New: func() any {
 
 var errProtocol = errors.New("websocket protocol error")
 
-func newTunnel(p *Proxy, t *Target, client net.Conn, clientBuf []byte, back net.Conn, backBuf []byte, info TunnelInfo) *tunnel {
-	tn := &tunnel{p: p, target: t, client: client, back: back, info: info, pingID: rand.Uint32()}
-	tn.up = pump{t: tn, src: client, dst: back, fromClient: true, initial: clientBuf}
-	tn.down = pump{t: tn, src: back, dst: client, initial: backBuf}
+func newTunnel(p *Proxy, t *Target, client net.Conn, back net.Conn, info TunnelInfo) *tunnel {
+	tn := &tunnel{p: p, target: t, client: client, back: back, pingID: rand.Uint32(),
+		remoteAddr: info.RemoteAddr, path: info.Path, subprotocol: info.Subprotocol, opened: info.Start.Sub(clockBase)}
+	tn.protoMajor, tn.protoMinor, _ = parseProto(info.Proto)
+	tn.up = pump{t: tn, fromClient: true}
+	tn.down = pump{t: tn}
 	_, clientTCP := client.(*net.TCPConn)
 	_, backTCP := back.(*net.TCPConn)
 	tn.up.spliceOK = clientTCP && backTCP
 	tn.down.spliceOK = tn.up.spliceOK
-	tn.up.rawSrc = parkableConn(client)
-	tn.down.rawSrc = parkableConn(back)
-	tn.lastActive.Store(info.Start.UnixNano())
-	now := info.Start.UnixNano()
-	tn.up.lastRead.Store(now)
-	tn.down.lastRead.Store(now)
+	tn.up.parkable = parkableConn(client) != nil
+	tn.down.parkable = parkableConn(back) != nil
+	if p.cfg.idleTimeout > 0 || p.cfg.pingInterval > 0 {
+		tn.clock = new(tunnelClock)
+		now := info.Start.UnixNano()
+		tn.clock.lastActive.Store(now)
+		tn.clock.lastRead[0].Store(now)
+		tn.clock.lastRead[1].Store(now)
+	}
 	return tn
 }
 
-// start runs the pumps and the timers. The caller's goroutine is free to
+// info describes the tunnel to hooks and logs.
+func (tn *tunnel) info() TunnelInfo {
+	proto := "HTTP/1.1"
+	if tn.protoMajor != 1 || tn.protoMinor != 1 {
+		proto = "HTTP/" + strconv.Itoa(int(tn.protoMajor)) + "." + strconv.Itoa(int(tn.protoMinor))
+	}
+	return TunnelInfo{Target: tn.target.raw, RemoteAddr: tn.remoteAddr, Path: tn.path, Proto: proto,
+		Subprotocol: tn.subprotocol, Start: clockBase.Add(tn.opened)}
+}
+
+// clockBase is the origin of tunnel.opened. A time.Time from time.Now
+// carries a monotonic reading, and so do clockBase.Add and Sub.
+var clockBase = time.Now()
+
+// parseProto parses "HTTP/x.y" with single digits, as net/http accepts it.
+func parseProto(proto string) (major, minor uint8, ok bool) {
+	if len(proto) != 8 || proto[:5] != "HTTP/" || proto[6] != '.' ||
+		proto[5] < '0' || proto[5] > '9' || proto[7] < '0' || proto[7] > '9' {
+		return 1, 1, false
+	}
+	return proto[5] - '0', proto[7] - '0', true
+}
+
+// addTimer keeps t to be stopped when the tunnel ends. tn.mu is held.
+func (tn *tunnel) addTimer(t *time.Timer) {
+	e := tn.rareLocked()
+	e.timers = append(e.timers, t)
+}
+
+// start runs the pumps and the timers, each pump first passing the bytes
+// its source sent before the hijack. The caller's goroutine is free to
 // return: an idle tunnel holds no handler stack.
-func (tn *tunnel) start() {
+func (tn *tunnel) start(clientBuf, backBuf []byte) {
 	cfg := &tn.p.cfg
 	tn.mu.Lock()
 	if cfg.maxLifetime > 0 {
-		tn.timers = append(tn.timers, time.AfterFunc(cfg.maxLifetime, func() {
+		tn.addTimer(time.AfterFunc(cfg.maxLifetime, func() {
 			tn.politeClose(wsframe.CloseGoingAway, wsframe.CloseGoingAway, "max lifetime")
 		}))
 	}
 	if cfg.idleTimeout > 0 {
 		var idle *time.Timer
 		idle = time.AfterFunc(cfg.idleTimeout, func() {
-			since := time.Duration(time.Now().UnixNano() - tn.lastActive.Load())
+			since := time.Duration(time.Now().UnixNano() - tn.clock.lastActive.Load())
 			if since >= cfg.idleTimeout {
 				tn.politeClose(wsframe.CloseGoingAway, wsframe.CloseGoingAway, "idle timeout")
 				return
 			}
 			idle.Reset(cfg.idleTimeout - since)
 		})
-		tn.timers = append(tn.timers, idle)
+		tn.addTimer(idle)
 	}
 	if cfg.pingInterval > 0 {
 		var ping *time.Timer
@@ -159,27 +334,27 @@ func (tn *tunnel) start() {
 				ping.Reset(cfg.pingInterval)
 			}
 		})
-		tn.timers = append(tn.timers, ping)
+		tn.addTimer(ping)
 	}
 	tn.mu.Unlock()
 	tn.running.Store(2)
-	tn.up.begin()
-	tn.down.begin()
+	tn.up.begin(clientBuf)
+	tn.down.begin(backBuf)
 }
 
 // begin starts the pump: parked if it has nothing to do yet, so a fresh
 // idle tunnel never holds a goroutine.
-func (p *pump) begin() {
-	if len(p.initial) == 0 && p.rawSrc != nil && theReactor.park(p) {
+func (p *pump) begin(initial []byte) {
+	if len(initial) == 0 && p.parkable && theReactor.park(p) {
 		return
 	}
-	go p.run()
+	go p.run(initial)
 }
 
 // wake runs a parked pump now, because the tunnel is ending.
 func (p *pump) wake() {
 	if theReactor.unpark(p) {
-		go p.run()
+		go p.run(nil)
 	}
 }
 
@@ -188,9 +363,10 @@ func (p *pump) wake() {
 func (tn *tunnel) keepalive() bool {
 	interval := tn.p.cfg.pingInterval.Nanoseconds()
 	now := time.Now().UnixNano()
+	c := tn.clock
 	dead := func(reader, writer *pump) bool {
-		sent := writer.pingSent.Load()
-		return sent != 0 && reader.lastRead.Load() < sent && now-sent >= interval
+		sent := c.pingSent[writer.dir()].Load()
+		return sent != 0 && c.lastRead[reader.dir()].Load() < sent && now-sent >= interval
 	}
 	switch {
 	case dead(&tn.down, &tn.up):
@@ -229,8 +405,8 @@ func (tn *tunnel) politeClose(toClient, toBackend uint16, reason string) {
 		return
 	}
 	tn.closing = true
-	tn.reason = reason
-	tn.timers = append(tn.timers, time.AfterFunc(tn.p.cfg.closeTimeout, func() { tn.teardown(nil) }))
+	tn.rareLocked().reason = reason
+	tn.addTimer(time.AfterFunc(tn.p.cfg.closeTimeout, func() { tn.teardown(nil) }))
 	tn.mu.Unlock()
 
 	tn.down.inject(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(toClient, reason), nil), true)
@@ -243,7 +419,7 @@ func (tn *tunnel) politeClose(toClient, toBackend uint16, reason string) {
 // FIN both ways and waits a little for the peers' own FIN, which avoids the
 // reset (and lost close frame) that closing with unread bytes causes.
 func (tn *tunnel) checkCloseHandshake() {
-	if !(tn.up.srcClosed.Load() && tn.down.srcClosed.Load() && tn.up.sentClose.Load() && tn.down.sentClose.Load()) {
+	if !(tn.up.flags.has(fSrcClosed) && tn.down.flags.has(fSrcClosed) && tn.up.flags.has(fSentClose) && tn.down.flags.has(fSentClose)) {
 		return
 	}
 	tn.mu.Lock()
@@ -261,8 +437,8 @@ func (tn *tunnel) checkCloseHandshake() {
 
 // shutDst closes the write half of dst (TCP FIN), once.
 func (p *pump) shutDst() {
-	if p.dstShut.CompareAndSwap(false, true) {
-		closeWrite(p.dst)
+	if p.flags.setOnce(fDstShut) {
+		closeWrite(p.dst())
 	}
 }
 
@@ -281,8 +457,8 @@ func (tn *tunnel) teardown(err error) {
 		return
 	}
 	tn.torn = true
-	if tn.err == nil {
-		tn.err = err
+	if e := tn.rareLocked(); e.err == nil {
+		e.err = err
 	}
 	tn.mu.Unlock()
 	tn.client.Close()
@@ -301,17 +477,15 @@ func (tn *tunnel) pumpDone(p *pump, err error) {
 		tn.mu.Lock()
 		tn.eofs++
 		if tn.eofs == 1 && tn.p.cfg.halfCloseTimeout > 0 && !tn.torn {
-			tn.halfClose = time.AfterFunc(tn.p.cfg.halfCloseTimeout, func() {
+			tn.addTimer(time.AfterFunc(tn.p.cfg.halfCloseTimeout, func() {
 				tn.mu.Lock()
-				if tn.reason == "" {
-					tn.reason = "half-close timeout"
-				}
+				tn.setReasonLocked("half-close timeout")
 				tn.mu.Unlock()
 				tn.teardown(nil)
-			})
+			}))
 		}
 		tn.mu.Unlock()
-		if p.peer().srcClosed.Load() && p.srcClosed.Load() {
+		if p.peer().flags.has(fSrcClosed) && p.flags.has(fSrcClosed) {
 			// Both sides sent their close frame and one hung up: done.
 			tn.teardown(nil)
 		}
@@ -343,41 +517,40 @@ func (p *pump) tellPeerGone() {
 	}
 	tn.mu.Lock()
 	torn := tn.torn
-	if tn.reason == "" {
-		tn.reason = reason
-	}
+	tn.setReasonLocked(reason)
 	tn.mu.Unlock()
 	if torn {
 		return
 	}
-	p.dst.SetWriteDeadline(time.Now().Add(tn.p.cfg.closeTimeout))
+	p.dst().SetWriteDeadline(time.Now().Add(tn.p.cfg.closeTimeout))
 	p.inject(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(code, reason), mask), true)
 }
 
 func (tn *tunnel) isClosing() bool {
 	tn.mu.Lock()
 	defer tn.mu.Unlock()
-	return tn.closing || (tn.up.srcClosed.Load() && tn.down.srcClosed.Load())
+	return tn.closing || (tn.up.flags.has(fSrcClosed) && tn.down.flags.has(fSrcClosed))
 }
 
 // finish runs once, after both pumps ended: stop the timers, settle the
 // counts, tell the hooks and the log, leave the registry.
 func (tn *tunnel) finish() {
 	tn.mu.Lock()
-	for _, t := range tn.timers {
-		t.Stop()
+	var reason string
+	var err error
+	if e := tn.rare; e != nil {
+		for _, t := range e.timers {
+			t.Stop()
+		}
+		reason, err = e.reason, e.err
 	}
-	if tn.halfClose != nil {
-		tn.halfClose.Stop()
-	}
-	reason, err := tn.reason, tn.err
 	tn.mu.Unlock()
 	if err != nil && (errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF)) && reason != "" {
 		err = nil
 	}
 	info := CloseInfo{
-		TunnelInfo:      tn.info,
-		Duration:        time.Since(tn.info.Start),
+		TunnelInfo:      tn.info(),
+		Duration:        time.Since(clockBase) - tn.opened,
 		ClientToBackend: tn.up.traffic(),
 		BackendToClient: tn.down.traffic(),
 		Reason:          reason,
@@ -403,8 +576,8 @@ func (p *pump) traffic() Traffic {
 
 // run is the pump's goroutine: read, track frames, write, until src ends
 // or the pump parks.
-func (p *pump) run() {
-	err := p.loop()
+func (p *pump) run(initial []byte) {
+	err := p.loop(initial)
 	if err == errParked {
 		return // the reactor runs the pump again when bytes come
 	}
@@ -414,30 +587,37 @@ func (p *pump) run() {
 	p.t.pumpDone(p, err)
 }
 
-func (p *pump) loop() error {
-	for len(p.initial) > 0 {
+func (p *pump) loop(initial []byte) error {
+	for len(initial) > 0 {
 		bp := bufPool.Get().(*[]byte)
-		n := copy((*bp)[bufHeadroom:], p.initial)
-		p.initial = p.initial[n:]
+		n := copy((*bp)[bufHeadroom:], initial)
+		initial = initial[n:]
 		err := p.chunk(*bp, n)
 		bufPool.Put(bp)
 		if err != nil {
 			return err
 		}
 	}
-	p.initial = nil
+	var (
+		rr       *rawReader // how the pump reads src without holding a buffer while it waits
+		deadline int64      // unix nanoseconds of the idle read deadline set on src
+	)
+	if p.parkable {
+		rr = newRawReader(parkableConn(p.src()))
+	}
 	for {
 		var (
 			bp   *[]byte
 			n    int
 			rerr error
 		)
-		if p.rawSrc != nil {
+		if rr != nil {
 			// Read without holding a buffer while waiting, and park after
 			// parkAfter without bytes.
-			p.armIdleDeadline()
-			bp, n, rerr = p.readRaw()
+			deadline = p.armIdleDeadline(deadline)
+			bp, n, rerr = rr.read()
 			if errors.Is(rerr, os.ErrDeadlineExceeded) {
+				deadline = 0
 				if p.tryPark() {
 					return errParked
 				}
@@ -454,7 +634,7 @@ func (p *pump) loop() error {
 			}
 		} else {
 			bp = bufPool.Get().(*[]byte)
-			n, rerr = p.src.Read((*bp)[bufHeadroom:])
+			n, rerr = p.src().Read((*bp)[bufHeadroom:])
 		}
 		var err error
 		if n > 0 {
@@ -475,7 +655,7 @@ func (p *pump) loop() error {
 		}
 		// After a close frame went to dst nothing more may reach it: the
 		// rest of the frame takes the buffered path, which drops it.
-		if p.remaining >= spliceMin && spliceMin > 0 && p.spliceOK && !p.broken && !p.sentClose.Load() {
+		if p.remaining >= spliceMin && spliceMin > 0 && p.spliceOK && !p.broken && !p.flags.has(fSentClose) {
 			if err := p.splice(); err != nil {
 				return err
 			}
@@ -494,17 +674,19 @@ var parkAfter = 100 * time.Millisecond
 var errParked = errors.New("pump parked")
 
 // armIdleDeadline keeps a read deadline parkAfter ahead, moving it only
-// when half of it is used up, so a busy pump rarely touches its timer.
-// During the close handshake the linger deadline rules instead.
-func (p *pump) armIdleDeadline() {
+// when half of it is used up, so a busy pump rarely touches its timer. It
+// returns the deadline now set. During the close handshake the linger
+// deadline rules instead.
+func (p *pump) armIdleDeadline(deadline int64) int64 {
 	if p.t.lingering.Load() {
-		return
+		return deadline
 	}
 	now := time.Now().UnixNano()
-	if p.deadline-now < int64(parkAfter/2) {
-		p.deadline = now + int64(parkAfter)
-		p.src.SetReadDeadline(time.Unix(0, p.deadline))
+	if deadline-now < int64(parkAfter/2) {
+		deadline = now + int64(parkAfter)
+		p.src().SetReadDeadline(time.Unix(0, deadline))
 	}
+	return deadline
 }
 
 // tryPark hands the pump to the reactor unless the tunnel is ending.
@@ -516,8 +698,7 @@ func (p *pump) tryPark() bool {
 		return false
 	}
 	// A parked socket must not keep a deadline: nothing would read it.
-	p.src.SetReadDeadline(time.Time{})
-	p.deadline = 0
+	p.src().SetReadDeadline(time.Time{})
 	tn.mu.Unlock()
 	return theReactor.park(p)
 }
@@ -533,21 +714,21 @@ var spliceMin uint64 = 16 << 10
 // the stream is mid-frame, so the proxy's own frames wait in pending
 // until the frame ends.
 func (p *pump) splice() error {
-	lr := &io.LimitedReader{R: p.src, N: int64(p.remaining)}
-	n, err := p.dst.(*net.TCPConn).ReadFrom(lr)
+	lr := &io.LimitedReader{R: p.src(), N: int64(p.remaining)}
+	n, err := p.dst().(*net.TCPConn).ReadFrom(lr)
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		err = nil // the idle deadline: the loop parks or goes on
 	}
 	p.remaining -= uint64(n)
 	p.bytes.Add(n)
-	now := time.Now().UnixNano()
-	p.lastRead.Store(now)
-	p.t.lastActive.Store(now)
+	now := p.t.now()
+	p.sawRead(now)
+	p.t.sawFrame(now)
 	if p.remaining == 0 {
 		p.mu.Lock()
 		p.midFrame = false
 		p.mu.Unlock()
-		if p.hasPending.Load() {
+		if p.flags.has(fHasPending) {
 			p.writePending()
 		}
 	}
@@ -557,17 +738,17 @@ func (p *pump) splice() error {
 // chunk processes n fresh bytes at buf[bufHeadroom:], after the carried
 // tail of the previous chunk.
 func (p *pump) chunk(buf []byte, n int) error {
-	p.now = time.Now().UnixNano()
-	p.lastRead.Store(p.now)
+	now := p.t.now()
+	p.sawRead(now)
 	if p.broken {
 		return nil
 	}
-	start := bufHeadroom - p.ncarry
+	start := bufHeadroom - int(p.ncarry)
 	if p.ncarry > 0 {
 		copy(buf[start:], p.carry[:p.ncarry])
 		p.ncarry = 0
 	}
-	err := p.process(buf[start : bufHeadroom+n])
+	err := p.process(buf[start:bufHeadroom+n], now)
 	if errors.Is(err, errProtocol) || errors.Is(err, errTooBig) {
 		// Framing is lost or the peer broke a limit: tell both sides, then
 		// drain what the peer still sends until the tunnel is torn down.
@@ -589,7 +770,7 @@ var errTooBig = errors.New("message larger than the limit")
 // the next chunk. Data payloads pass untouched; control frames are held
 // until complete, so the proxy can read close codes and take its own pongs
 // out of the stream.
-func (p *pump) process(data []byte) error {
+func (p *pump) process(data []byte, now int64) error {
 	i, seg := 0, 0 // data[seg:i] is read and not yet written
 	forwarded := false
 	for i < len(data) {
@@ -601,7 +782,7 @@ func (p *pump) process(data []byte) error {
 			i += int(k)
 			p.remaining -= k
 			forwarded = true
-			if p.remaining == 0 && p.hasPending.Load() {
+			if p.remaining == 0 && p.flags.has(fHasPending) {
 				if err := p.flush(data[seg:i], false); err != nil {
 					return err
 				}
@@ -648,10 +829,10 @@ func (p *pump) process(data []byte) error {
 			case wsframe.OpClose:
 				code, _ := wsframe.ParseClose(pl)
 				p.closeCode.CompareAndSwap(0, int32(code))
-				p.srcClosed.Store(true)
+				p.flags.set(fSrcClosed)
 				err := p.flush(data[seg:end], true)
 				seg = end
-				p.t.lastActive.Store(p.now)
+				p.t.sawFrame(now)
 				p.t.checkCloseHandshake()
 				if err != nil {
 					return err
@@ -677,7 +858,7 @@ func (p *pump) process(data []byte) error {
 			p.remaining = h.Length
 			forwarded = true
 		}
-		if p.remaining == 0 && p.hasPending.Load() {
+		if p.remaining == 0 && p.flags.has(fHasPending) {
 			if err := p.flush(data[seg:i], false); err != nil {
 				return err
 			}
@@ -689,10 +870,10 @@ func (p *pump) process(data []byte) error {
 		if p.carry == nil {
 			p.carry = new([wsframe.MaxControlFrame]byte)
 		}
-		p.ncarry = copy(p.carry[:], tail)
+		p.ncarry = uint8(copy(p.carry[:], tail))
 	}
 	if forwarded {
-		p.t.lastActive.Store(p.now)
+		p.t.sawFrame(now)
 	}
 	return p.flush(data[seg:i], false)
 }
@@ -705,14 +886,14 @@ func (p *pump) flush(b []byte, isClose bool) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.sentClose.Load() {
+	if p.flags.has(fSentClose) {
 		return nil
 	}
-	n, err := p.dst.Write(b)
+	n, err := p.dst().Write(b)
 	p.bytes.Add(int64(n))
 	p.midFrame = p.remaining > 0
 	if isClose && err == nil {
-		p.sentClose.Store(true)
+		p.flags.set(fSentClose)
 	}
 	return err
 }
@@ -723,29 +904,29 @@ func (p *pump) flush(b []byte, isClose bool) error {
 func (p *pump) inject(frame []byte, isClose bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.sentClose.Load() {
+	if p.flags.has(fSentClose) {
 		return
 	}
 	if !p.midFrame {
 		p.writeLocked(frame, isClose)
 		return
 	}
-	if p.pending != nil && p.pendingClose {
+	if p.pending != nil && p.pending.isClose {
 		return
 	}
-	p.pending, p.pendingClose = frame, isClose
-	p.hasPending.Store(true)
+	p.pending = &pendingFrame{frame: frame, isClose: isClose}
+	p.flags.set(fHasPending)
 }
 
 func (p *pump) writePending() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.pending != nil && !p.sentClose.Load() {
-		p.writeLocked(p.pending, p.pendingClose)
+	if p.pending != nil && !p.flags.has(fSentClose) {
+		p.writeLocked(p.pending.frame, p.pending.isClose)
 	}
 	p.pending = nil
-	p.hasPending.Store(false)
-	if p.sentClose.Load() {
+	p.flags.clear(fHasPending)
+	if p.flags.has(fSentClose) {
 		p.t.checkCloseHandshake()
 	}
 }
@@ -753,12 +934,12 @@ func (p *pump) writePending() {
 func (p *pump) writeLocked(frame []byte, isClose bool) {
 	// Stamp a ping before writing it: its pong may be read before Write
 	// returns, and must count as an answer.
-	if !isClose {
-		p.pingSent.Store(time.Now().UnixNano())
+	if c := p.t.clock; c != nil && !isClose {
+		c.pingSent[p.dir()].Store(time.Now().UnixNano())
 	}
-	n, err := p.dst.Write(frame)
+	n, err := p.dst().Write(frame)
 	p.bytes.Add(int64(n))
 	if err == nil && isClose {
-		p.sentClose.Store(true)
+		p.flags.set(fSentClose)
 	}
 }

@@ -20,22 +20,34 @@ func parkableConn(c net.Conn) syscall.RawConn {
 	return rc
 }
 
-// readRaw reads what src has into a pooled buffer, waiting for bytes if
-// there are none yet without holding the buffer: RawConn.Read calls
-// readFD, which reads at once when bytes are there (one system call, as
-// net.Conn.Read would make) and otherwise gives the buffer back before the
-// netpoller parks the goroutine. It returns the buffer (nil on error) and
-// the count; 0 bytes and no error is EOF.
-func (p *pump) readRaw() (*[]byte, int, error) {
-	p.rn, p.rerr = 0, nil
-	if p.readCB == nil {
-		p.readCB = p.readFD
-	}
-	err := p.rawSrc.Read(p.readCB)
-	bp := p.rbuf
-	p.rbuf = nil
+// A rawReader reads a socket into a pooled buffer, waiting for bytes
+// without holding the buffer: RawConn.Read calls readFD, which reads at
+// once when bytes are there (one system call, as net.Conn.Read would make)
+// and otherwise gives the buffer back before the netpoller parks the
+// goroutine. A running pump has one; a parked pump has none.
+type rawReader struct {
+	rc  syscall.RawConn
+	cb  func(fd uintptr) bool // readFD, made once
+	buf *[]byte               // the buffer readFD reads into
+	n   int
+	err error
+}
+
+func newRawReader(rc syscall.RawConn) *rawReader {
+	r := &rawReader{rc: rc}
+	r.cb = r.readFD
+	return r
+}
+
+// read returns a buffer holding the bytes read at [bufHeadroom:] (nil on
+// error) and their count; 0 bytes and no error is EOF.
+func (r *rawReader) read() (*[]byte, int, error) {
+	r.n, r.err = 0, nil
+	err := r.rc.Read(r.cb)
+	bp := r.buf
+	r.buf = nil
 	if err == nil {
-		err = p.rerr
+		err = r.err
 	}
 	if err != nil {
 		if bp != nil {
@@ -43,26 +55,26 @@ func (p *pump) readRaw() (*[]byte, int, error) {
 		}
 		return nil, 0, err
 	}
-	return bp, p.rn, nil
+	return bp, r.n, nil
 }
 
-func (p *pump) readFD(fd uintptr) bool {
-	if p.rbuf == nil {
-		p.rbuf = bufPool.Get().(*[]byte)
+func (r *rawReader) readFD(fd uintptr) bool {
+	if r.buf == nil {
+		r.buf = bufPool.Get().(*[]byte)
 	}
 	for {
-		n, err := syscall.Read(int(fd), (*p.rbuf)[bufHeadroom:])
+		n, err := syscall.Read(int(fd), (*r.buf)[bufHeadroom:])
 		switch err {
 		case syscall.EINTR:
 			continue
 		case syscall.EAGAIN:
-			bufPool.Put(p.rbuf)
-			p.rbuf = nil
+			bufPool.Put(r.buf)
+			r.buf = nil
 			return false
 		case nil:
-			p.rn = n
+			r.n = n
 		default:
-			p.rerr = os.NewSyscallError("read", err)
+			r.err = os.NewSyscallError("read", err)
 		}
 		return true
 	}

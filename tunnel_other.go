@@ -12,8 +12,12 @@ import (
 // not implemented: the pump then blocks in Read holding its buffer.
 func parkableConn(net.Conn) syscall.RawConn { return nil }
 
-// readRaw is never called here: parkableConn returns nil, so pumps read
+// rawReader is never used here: parkableConn returns nil, so pumps read
 // through net.Conn.Read.
-func (p *pump) readRaw() (*[]byte, int, error) {
+type rawReader struct{}
+
+func newRawReader(syscall.RawConn) *rawReader { return &rawReader{} }
+
+func (*rawReader) read() (*[]byte, int, error) {
 	return nil, 0, errors.New("wsproxy: raw reads are implemented on Linux only")
 }

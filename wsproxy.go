@@ -198,7 +198,7 @@ type Proxy struct {
 	cancel context.CancelFunc
 
 	mu       sync.Mutex
-	tunnels  map[*tunnel]struct{}
+	tunnels  tunnelList
 	inflight int // handshakes in progress
 	state    proxyState
 	drained  chan struct{} // closed when nothing is open after Shutdown began
@@ -251,7 +251,7 @@ func New(targets []string, opts ...Option) (*Proxy, error) {
 	if cfg.balancer == nil {
 		cfg.balancer = RoundRobin()
 	}
-	p := &Proxy{cfg: cfg, dialFn: cfg.dial, log: cfg.logger, tunnels: make(map[*tunnel]struct{})}
+	p := &Proxy{cfg: cfg, dialFn: cfg.dial, log: cfg.logger}
 	if p.dialFn == nil {
 		d := &net.Dialer{KeepAlive: 15 * time.Second}
 		p.dialFn = d.DialContext
@@ -259,6 +259,7 @@ func New(targets []string, opts ...Option) (*Proxy, error) {
 	if p.log == nil {
 		p.log = slog.Default()
 	}
+	p.limits.cfg = &p.cfg
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.set.Store(set)
 	p.startBackground()
@@ -375,21 +376,21 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.refused(w, r, t, resp, conn, br)
 		return
 	}
-	p.open(w, r, t, conn, resp, br, slot)
+	p.open(w, r, t, conn, resp, br, &slot)
 }
 
 // gate applies what every upgrade passes after the checks of its own
 // protocol: the origin policy, then the admission limits. It answers the
 // client itself when it refuses.
-func (p *Proxy) gate(w http.ResponseWriter, r *http.Request) (*admission, bool) {
+func (p *Proxy) gate(w http.ResponseWriter, r *http.Request) (admission, bool) {
 	if err := p.checkOrigin(r); err != nil {
 		p.reject(w, r, err)
-		return nil, false
+		return admission{}, false
 	}
 	slot, err := p.admit(r)
 	if err != nil {
 		p.reject(w, r, err)
-		return nil, false
+		return admission{}, false
 	}
 	return slot, true
 }
@@ -576,7 +577,7 @@ func (p *Proxy) launch(r *http.Request, t *Target, client net.Conn, clientBuf []
 		Subprotocol: resp.Header.Get("Sec-Websocket-Protocol"),
 		Start:       time.Now(),
 	}
-	tn := newTunnel(p, t, client, clientBuf, back, backBuf, info)
+	tn := newTunnel(p, t, client, back, info)
 	if prepare != nil {
 		prepare(tn)
 	}
@@ -585,10 +586,10 @@ func (p *Proxy) launch(r *http.Request, t *Target, client net.Conn, clientBuf []
 	p.total.Add(1)
 	shuttingDown := p.register(tn)
 	if h := p.cfg.hooks.OnUpgrade; h != nil {
-		h(info)
+		h(tn.info())
 	}
 	p.log.Debug("wsproxy: tunnel open", "target", t.raw, "remote_addr", r.RemoteAddr, "path", r.URL.Path, "proto", r.Proto)
-	tn.start()
+	tn.start(clientBuf, backBuf)
 	if shuttingDown {
 		go tn.politeClose(1001, 1001, "shutdown")
 	}
@@ -698,7 +699,7 @@ func (p *Proxy) leave() {
 func (p *Proxy) register(tn *tunnel) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	p.tunnels[tn] = struct{}{}
+	p.tunnels.add(tn)
 	return p.state != running
 }
 
@@ -712,7 +713,7 @@ func (p *Proxy) tunnelClosed(tn *tunnel, info CloseInfo) {
 	t.stats.msgsIn.Add(info.ClientToBackend.Messages)
 	t.stats.msgsOut.Add(info.BackendToClient.Messages)
 	p.mu.Lock()
-	delete(p.tunnels, tn)
+	p.tunnels.remove(tn)
 	p.closedUp.bytes.Add(info.ClientToBackend.Bytes)
 	p.closedUp.messages.Add(info.ClientToBackend.Messages)
 	p.closedDown.bytes.Add(info.BackendToClient.Bytes)
@@ -735,7 +736,7 @@ func (p *Proxy) tunnelClosed(tn *tunnel, info CloseInfo) {
 }
 
 func (p *Proxy) checkDrainedLocked() {
-	if p.state != running && p.inflight == 0 && len(p.tunnels) == 0 && p.drained != nil {
+	if p.state != running && p.inflight == 0 && p.tunnels.n == 0 && p.drained != nil {
 		select {
 		case <-p.drained:
 		default:
@@ -792,9 +793,7 @@ func (p *Proxy) Close() error {
 	p.cancel()
 	for _, tn := range open {
 		tn.mu.Lock()
-		if tn.reason == "" {
-			tn.reason = "shutdown"
-		}
+		tn.setReasonLocked("shutdown")
 		tn.mu.Unlock()
 		tn.teardown(nil)
 	}
@@ -803,8 +802,8 @@ func (p *Proxy) Close() error {
 }
 
 func (p *Proxy) snapshotLocked() []*tunnel {
-	open := make([]*tunnel, 0, len(p.tunnels))
-	for tn := range p.tunnels {
+	open := make([]*tunnel, 0, p.tunnels.n)
+	for tn := range p.tunnels.all() {
 		open = append(open, tn)
 	}
 	return open
@@ -837,10 +836,10 @@ func (p *Proxy) Stats() Stats {
 		live[t] = &s.Targets[i]
 	}
 	p.mu.Lock()
-	s.Open = len(p.tunnels) + p.inflight
+	s.Open = p.tunnels.n + p.inflight
 	s.ClientToBackend = Traffic{Bytes: p.closedUp.bytes.Load(), Messages: p.closedUp.messages.Load()}
 	s.BackendToClient = Traffic{Bytes: p.closedDown.bytes.Load(), Messages: p.closedDown.messages.Load()}
-	for tn := range p.tunnels {
+	for tn := range p.tunnels.all() {
 		up, down := tn.up.traffic(), tn.down.traffic()
 		s.ClientToBackend.Bytes += up.Bytes
 		s.ClientToBackend.Messages += up.Messages

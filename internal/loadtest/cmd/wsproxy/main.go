@@ -7,6 +7,7 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
 	"io"
 	"log"
 	"log/slog"
@@ -15,6 +16,9 @@ import (
 	_ "net/http/pprof" // served only on the -pprof address
 	"os"
 	"os/signal"
+	"runtime"
+	"runtime/metrics"
+	"strings"
 	"syscall"
 	"time"
 
@@ -25,7 +29,11 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:9201", "address to listen on")
 	target := flag.String("target", "ws://127.0.0.1:9200", "backend URL")
 	pprofAddr := flag.String("pprof", "", "serve net/http/pprof on this address (empty: off)")
+	memRate := flag.Int("memprofilerate", 0, "set runtime.MemProfileRate (0: Go's default); 1 records every allocation, for exact heap profiles")
 	flag.Parse()
+	if *memRate > 0 {
+		runtime.MemProfileRate = *memRate
+	}
 
 	p, err := wsproxy.New([]string{*target},
 		wsproxy.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))))
@@ -33,6 +41,7 @@ func main() {
 		log.Fatal(err)
 	}
 	if *pprofAddr != "" {
+		http.HandleFunc("/debug/memclasses", memClasses)
 		go func() { log.Println(http.ListenAndServe(*pprofAddr, http.DefaultServeMux)) }()
 	}
 	ln, err := net.Listen("tcp", *listen)
@@ -52,4 +61,19 @@ func main() {
 	defer cancel()
 	srv.Shutdown(sctx)
 	p.Shutdown(sctx)
+}
+
+// memClasses writes every /memory/classes/ metric of runtime/metrics, one
+// per line in bytes: where the process's memory is, finer than MemStats.
+func memClasses(w http.ResponseWriter, _ *http.Request) {
+	var samples []metrics.Sample
+	for _, d := range metrics.All() {
+		if strings.HasPrefix(d.Name, "/memory/classes/") && d.Kind == metrics.KindUint64 {
+			samples = append(samples, metrics.Sample{Name: d.Name})
+		}
+	}
+	metrics.Read(samples)
+	for _, s := range samples {
+		fmt.Fprintf(w, "%s %d\n", s.Name, s.Value.Uint64())
+	}
 }
