@@ -2,7 +2,7 @@ package wsproxy
 
 // Fuzz targets for every parser of untrusted bytes in the proxy: the
 // client's upgrade request, the backend's response, the frame stream a pump
-// follows, and origin patterns. Each checks an invariant against a simple
+// follows, origin patterns and Connection tokens. Each checks an invariant against a simple
 // oracle written here; scripts/fuzz.sh runs them all for a short time.
 
 import (
@@ -14,10 +14,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/textproto"
 	"net/url"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/wsproxy/wsproxy/internal/wsframe"
 	"github.com/wsproxy/wsproxy/internal/wstest"
@@ -572,6 +575,44 @@ func FuzzOriginPattern(f *testing.F) {
 		}
 		if !(host == pat.host || pat.wildcard && strings.HasSuffix(host, "."+pat.host) && len(host) > len(pat.host)+1) {
 			t.Fatalf("pattern %q let origin %q (host %q) through", pattern, origin, host)
+		}
+	})
+}
+
+// connectionTokens returns the canonical header names listed in the
+// Connection headers of h: the reference the fuzz targets check
+// inConnection's verdicts against, written the plain way.
+func connectionTokens(h http.Header) map[string]bool {
+	v := h["Connection"]
+	if len(v) == 0 {
+		return nil
+	}
+	named := make(map[string]bool)
+	for _, line := range v {
+		for tok := range strings.SplitSeq(line, ",") {
+			if tok = textproto.TrimString(tok); tok != "" {
+				named[textproto.CanonicalMIMEHeaderKey(tok)] = true
+			}
+		}
+	}
+	return named
+}
+
+// FuzzInConnection: inConnection, which allocates nothing, agrees with the
+// plain map of canonical names for every valid header name.
+func FuzzInConnection(f *testing.F) {
+	f.Add("Upgrade", "upgrade")
+	f.Add("keep-alive, X-Secret ,upgrade", "X-Secret")
+	f.Add(",,x-a,,", "X-A")
+	f.Add("\u212aeep-Alive", "Keep-Alive") // the Kelvin sign names nothing
+	f.Fuzz(func(t *testing.T, line, name string) {
+		if !httpguts.ValidHeaderFieldName(name) {
+			return
+		}
+		name = http.CanonicalHeaderKey(name)
+		h := http.Header{"Connection": {line}}
+		if got, want := inConnection(h["Connection"], name), connectionTokens(h)[name]; got != want {
+			t.Fatalf("inConnection(%q, %q) = %v, want %v", line, name, got, want)
 		}
 	})
 }

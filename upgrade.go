@@ -145,22 +145,42 @@ var (
 	handshakeHeaders  = []string{"Sec-Websocket-Key", "Sec-Websocket-Version", "Sec-Websocket-Accept"}
 )
 
-// connectionTokens returns the canonical header names listed in the
-// Connection headers of h.
-func connectionTokens(h http.Header) map[string]bool {
-	v := h["Connection"]
-	if len(v) == 0 {
-		return nil
-	}
-	named := make(map[string]bool)
-	for _, line := range v {
-		for tok := range strings.SplitSeq(line, ",") {
-			if tok = textproto.TrimString(tok); tok != "" {
-				named[textproto.CanonicalMIMEHeaderKey(tok)] = true
+// inConnection reports whether the Connection header values conn name the
+// header name (canonical). Tokens compare as header names do, ignoring
+// ASCII case; nothing is allocated, as this runs for every header of every
+// upgrade.
+func inConnection(conn []string, name string) bool {
+	for _, line := range conn {
+		for line != "" {
+			var tok string
+			tok, line, _ = strings.Cut(line, ",")
+			if asciiEqualFold(textproto.TrimString(tok), name) {
+				return true
 			}
 		}
 	}
-	return named
+	return false
+}
+
+// asciiEqualFold is strings.EqualFold for ASCII only: a header token with
+// a non-ASCII letter (the Kelvin sign folds to k) names no header.
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
 }
 
 // backendHeader builds the headers of the request to the backend. The order
@@ -168,12 +188,20 @@ func connectionTokens(h http.Header) map[string]bool {
 // the proxy is left out, then the proxy adds its own, so nothing the client
 // sends can remove or forge them.
 func (p *Proxy) backendHeader(r *http.Request) http.Header {
-	named := connectionTokens(r.Header)
+	conn := r.Header["Connection"]
 	trusted := p.trustedPeer(r)
 	h := make(http.Header, len(r.Header)+6)
+	// The values are copied, so that a rewrite hook cannot change the
+	// client's request, into one array: each header gets a full slice of
+	// it, so that an append makes a copy rather than overwrite a neighbour.
+	n := 0
+	for _, v := range r.Header {
+		n += len(v)
+	}
+	vals := make([]string, 0, n)
 	for k, v := range r.Header {
 		switch {
-		case isHopByHop(k), named[k]:
+		case isHopByHop(k), inConnection(conn, k):
 			continue
 		case k == "Origin" && p.cfg.stripOrigin:
 			continue
@@ -182,7 +210,9 @@ func (p *Proxy) backendHeader(r *http.Request) http.Header {
 		case slices.Contains(forwardingHeaders, k) && !trusted:
 			continue
 		}
-		h[k] = append([]string(nil), v...)
+		i := len(vals)
+		vals = append(vals, v...)
+		h[k] = vals[i:len(vals):len(vals)]
 	}
 	p.setOwnHeaders(h, r.Header.Get("Sec-Websocket-Key"))
 	p.setForwarded(h, r, trusted)
@@ -202,10 +232,11 @@ func (p *Proxy) setOwnHeaders(h http.Header, key string) {
 			delete(h, k)
 		}
 	}
-	h["Upgrade"] = []string{"websocket"}
-	h["Connection"] = []string{"Upgrade"}
-	h["Sec-Websocket-Key"] = []string{key}
-	h["Sec-Websocket-Version"] = []string{"13"}
+	v := []string{"websocket", "Upgrade", key, "13"} // one allocation, full slices of it
+	h["Upgrade"] = v[0:1:1]
+	h["Connection"] = v[1:2:2]
+	h["Sec-Websocket-Key"] = v[2:3:3]
+	h["Sec-Websocket-Version"] = v[3:4:4]
 }
 
 // setForwarded sets X-Forwarded-For, -Host and -Proto from what the proxy
@@ -594,9 +625,9 @@ func canHijack(w http.ResponseWriter) bool {
 // send GOAWAY.
 func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, resp *http.Response, conn net.Conn) {
 	dst := w.Header()
-	named := connectionTokens(resp.Header)
+	named := resp.Header["Connection"]
 	for k, vv := range resp.Header {
-		if !isHopByHop(k) && !named[k] {
+		if !isHopByHop(k) && !inConnection(named, k) {
 			dst[k] = append([]string(nil), vv...)
 		}
 	}
@@ -629,9 +660,9 @@ func answerHeader(pre http.Header, resp *http.Response) http.Header {
 			h[k] = vv
 		}
 	}
-	named := connectionTokens(resp.Header)
+	conn := resp.Header["Connection"]
 	for k, vv := range resp.Header {
-		if keep(k) && !named[k] {
+		if keep(k) && !inConnection(conn, k) {
 			h[k] = vv
 		}
 	}

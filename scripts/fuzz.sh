@@ -28,6 +28,7 @@ targets=(
   ". FuzzBackendResponse"
   ". FuzzFrameTracker"
   ". FuzzOriginPattern"
+  ". FuzzInConnection"
 )
 
 fail=0
