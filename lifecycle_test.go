@@ -3,9 +3,11 @@ package wsproxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -533,4 +535,70 @@ func TestPeerResetIsReported(t *testing.T) {
 			t.Fatal("the backend heard nothing")
 		}
 	})
+}
+
+// TestCloseWhileBothWaysBlocked: neither peer reads, both keep writing, so
+// each pump ends up blocked writing to the other side while it holds its
+// own socket's read lock (inside rawReader for small frames, in splice for
+// large ones). Close still ends the tunnel at once: teardown must never
+// wait on a write that cannot finish.
+func TestCloseWhileBothWaysBlocked(t *testing.T) {
+	t.Parallel()
+	for _, size := range []int{1 << 10, 64 << 10} {
+		t.Run(fmt.Sprintf("%dB", size), func(t *testing.T) {
+			t.Parallel()
+			closeWhileBlocked(t, size)
+		})
+	}
+}
+
+func closeWhileBlocked(t *testing.T, size int) {
+	release := make(chan struct{})
+	defer close(release)
+	flood := func(c *wstest.Conn, written *atomic.Int64) {
+		msg := make([]byte, size)
+		for {
+			if err := c.WriteMessage(wsframe.OpBinary, msg); err != nil {
+				return
+			}
+			written.Add(int64(len(msg)))
+		}
+	}
+	var backWritten atomic.Int64
+	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := wstest.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		go flood(c, &backWritten)
+		<-release
+	}))
+	p, url := newProxy(t, []string{backend})
+	c := dial(t, url)
+	c.SetDeadline(time.Time{})
+	var clientWritten atomic.Int64
+	go flood(c, &clientWritten)
+
+	// Wait until both floods stall: every buffer on the way is full.
+	stalled := func() bool {
+		a, b := clientWritten.Load(), backWritten.Load()
+		time.Sleep(200 * time.Millisecond)
+		return a > 0 && b > 0 && a == clientWritten.Load() && b == backWritten.Load()
+	}
+	require.Eventually(t, stalled, 10*time.Second, time.Millisecond, "the floods never stalled")
+
+	done := make(chan struct{})
+	go func() {
+		p.Close()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close hangs while both pumps are blocked writing")
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err := io.Copy(io.Discard, c.Conn)
+	assert.NotErrorIs(t, err, os.ErrDeadlineExceeded, "the client connection is closed")
 }

@@ -461,11 +461,22 @@ func (tn *tunnel) teardown(err error) {
 		e.err = err
 	}
 	tn.mu.Unlock()
+	// A running pump may be writing to one socket while it holds the
+	// other's read lock (see rawReader), and Close waits for a socket's
+	// users. Closing the client wakes whatever waits on it, writes
+	// included; a write to the backend, by the pump whose read lock that
+	// Close waits for, needs a deadline in the past first.
+	if tn.up.parkable {
+		tn.back.SetDeadline(longAgo)
+	}
 	tn.client.Close()
 	tn.back.Close()
 	tn.up.wake()
 	tn.down.wake()
 }
+
+// longAgo is a deadline that has passed.
+var longAgo = time.Unix(1, 0)
 
 // pumpDone is called by each pump as it ends, with nil for a clean EOF.
 func (tn *tunnel) pumpDone(p *pump, err error) {
@@ -598,51 +609,17 @@ func (p *pump) loop(initial []byte) error {
 			return err
 		}
 	}
-	var (
-		rr       *rawReader // how the pump reads src without holding a buffer while it waits
-		deadline int64      // unix nanoseconds of the idle read deadline set on src
-	)
 	if p.parkable {
-		rr = newRawReader(parkableConn(p.src()))
+		return p.loopRaw(newRawReader(p, parkableConn(p.src())))
 	}
 	for {
-		var (
-			bp   *[]byte
-			n    int
-			rerr error
-		)
-		if rr != nil {
-			// Read without holding a buffer while waiting, and park after
-			// parkAfter without bytes.
-			deadline = p.armIdleDeadline(deadline)
-			bp, n, rerr = rr.read()
-			if errors.Is(rerr, os.ErrDeadlineExceeded) {
-				deadline = 0
-				if p.tryPark() {
-					return errParked
-				}
-				// Only the linger deadline of a finished close handshake
-				// ends the pump; during a polite close the close timeout
-				// bounds the wait, so the idle deadline just moves on.
-				if p.t.lingering.Load() {
-					return rerr
-				}
-				continue
-			}
-			if rerr == nil && n == 0 {
-				rerr = io.EOF
-			}
-		} else {
-			bp = bufPool.Get().(*[]byte)
-			n, rerr = p.src().Read((*bp)[bufHeadroom:])
-		}
+		bp := bufPool.Get().(*[]byte)
+		n, rerr := p.src().Read((*bp)[bufHeadroom:])
 		var err error
 		if n > 0 {
 			err = p.chunk(*bp, n)
 		}
-		if bp != nil {
-			bufPool.Put(bp)
-		}
+		bufPool.Put(bp)
 		if err != nil {
 			return err
 		}
@@ -653,14 +630,52 @@ func (p *pump) loop(initial []byte) error {
 			p.srcFailed = true
 			return rerr
 		}
-		// After a close frame went to dst nothing more may reach it: the
-		// rest of the frame takes the buffered path, which drops it.
-		if p.remaining >= spliceMin && spliceMin > 0 && p.spliceOK && !p.broken && !p.flags.has(fSentClose) {
+		if p.canSplice() {
 			if err := p.splice(); err != nil {
 				return err
 			}
 		}
 	}
+}
+
+// loopRaw is the loop of a pump that can park: the rawReader reads and
+// passes bytes without holding a buffer while it waits, and the pump parks
+// after parkAfter without bytes.
+func (p *pump) loopRaw(rr *rawReader) error {
+	for {
+		rr.deadline = p.armIdleDeadline(rr.deadline)
+		err := rr.run()
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			rr.deadline = 0
+			if p.tryPark() {
+				return errParked
+			}
+			// Only the linger deadline of a finished close handshake
+			// ends the pump; during a polite close the close timeout
+			// bounds the wait, so the idle deadline just moves on.
+			if p.t.lingering.Load() {
+				return err
+			}
+			continue
+		case err != nil:
+			return err
+		case rr.eof:
+			return nil
+		}
+		if p.canSplice() {
+			if err := p.splice(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// canSplice reports whether the rest of the current frame's payload should
+// bypass user space. After a close frame went to dst nothing more may reach
+// it: the rest of the frame takes the buffered path, which drops it.
+func (p *pump) canSplice() bool {
+	return p.remaining >= spliceMin && spliceMin > 0 && p.spliceOK && !p.broken && !p.flags.has(fSentClose)
 }
 
 // parkAfter is how long a pump waits for bytes in its goroutine before it

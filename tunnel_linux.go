@@ -20,50 +20,64 @@ func parkableConn(c net.Conn) syscall.RawConn {
 	return rc
 }
 
-// A rawReader reads a socket into a pooled buffer, waiting for bytes
-// without holding the buffer: RawConn.Read calls readFD, which reads at
-// once when bytes are there (one system call, as net.Conn.Read would make)
-// and otherwise gives the buffer back before the netpoller parks the
-// goroutine. A running pump has one; a parked pump has none.
+// A rawReader runs a pump's reads inside RawConn.Read, so that the pump
+// holds no buffer while it waits and makes no needless system call:
+//
+//   - readFD takes a pooled buffer only when it reads, and gives it back
+//     before the netpoller parks the goroutine;
+//   - it passes what it read on to dst (pump.chunk) right there, and after
+//     a read that did not fill the buffer it waits for the next readiness
+//     at once, without the read that would only find EAGAIN. The socket
+//     was empty during that read, and the netpoller is edge-triggered:
+//     bytes that come later make it ready again. (The first call of each
+//     RawConn.Read always reads, as RawConn.Read forgets readiness from
+//     before it started.) This is nginx's rule too: a short read clears
+//     the ready flag.
+//
+// Writing to dst while holding src's read lock is safe because teardown
+// moves both sockets' deadlines into the past before it closes them: a
+// write blocked inside readFD then returns, and Close does not wait on it.
+// A running pump has one rawReader; a parked pump has none.
 type rawReader struct {
-	rc  syscall.RawConn
-	cb  func(fd uintptr) bool // readFD, made once
-	buf *[]byte               // the buffer readFD reads into
-	n   int
-	err error
+	p        *pump
+	rc       syscall.RawConn
+	cb       func(fd uintptr) bool // readFD, made once
+	buf      *[]byte               // the buffer readFD reads into, while it reads
+	deadline int64                 // unix nanoseconds of the idle read deadline set on src
+	eof      bool                  // src ended (read returned 0)
+	err      error                 // a read error, or the error passing bytes on
 }
 
-func newRawReader(rc syscall.RawConn) *rawReader {
-	r := &rawReader{rc: rc}
+func newRawReader(p *pump, rc syscall.RawConn) *rawReader {
+	r := &rawReader{p: p, rc: rc}
 	r.cb = r.readFD
 	return r
 }
 
-// read returns a buffer holding the bytes read at [bufHeadroom:] (nil on
-// error) and their count; 0 bytes and no error is EOF.
-func (r *rawReader) read() (*[]byte, int, error) {
-	r.n, r.err = 0, nil
+// run reads and passes bytes until src ends, fails, runs out its
+// deadline, or the pump has something to do outside (splice). A nil error
+// without eof means the latter.
+func (r *rawReader) run() error {
+	r.err = nil
 	err := r.rc.Read(r.cb)
-	bp := r.buf
-	r.buf = nil
-	if err == nil {
-		err = r.err
+	if r.buf != nil {
+		bufPool.Put(r.buf)
+		r.buf = nil
 	}
-	if err != nil {
-		if bp != nil {
-			bufPool.Put(bp)
-		}
-		return nil, 0, err
+	if r.err != nil {
+		return r.err
 	}
-	return bp, r.n, nil
+	return err
 }
 
 func (r *rawReader) readFD(fd uintptr) bool {
-	if r.buf == nil {
-		r.buf = bufPool.Get().(*[]byte)
-	}
+	p := r.p
 	for {
-		n, err := syscall.Read(int(fd), (*r.buf)[bufHeadroom:])
+		if r.buf == nil {
+			r.buf = bufPool.Get().(*[]byte)
+		}
+		b := (*r.buf)[bufHeadroom:]
+		n, err := syscall.Read(int(fd), b)
 		switch err {
 		case syscall.EINTR:
 			continue
@@ -72,10 +86,23 @@ func (r *rawReader) readFD(fd uintptr) bool {
 			r.buf = nil
 			return false
 		case nil:
-			r.n = n
 		default:
+			p.srcFailed = true
 			r.err = os.NewSyscallError("read", err)
+			return true
 		}
-		return true
+		if n == 0 {
+			r.eof = true
+			return true
+		}
+		if r.err = p.chunk(*r.buf, n); r.err != nil || p.canSplice() {
+			return true
+		}
+		r.deadline = p.armIdleDeadline(r.deadline)
+		if n < len(b) {
+			bufPool.Put(r.buf)
+			r.buf = nil
+			return false
+		}
 	}
 }

@@ -14,10 +14,13 @@ func parkableConn(net.Conn) syscall.RawConn { return nil }
 
 // rawReader is never used here: parkableConn returns nil, so pumps read
 // through net.Conn.Read.
-type rawReader struct{}
+type rawReader struct {
+	deadline int64
+	eof      bool
+}
 
-func newRawReader(syscall.RawConn) *rawReader { return &rawReader{} }
+func newRawReader(*pump, syscall.RawConn) *rawReader { return &rawReader{} }
 
-func (*rawReader) read() (*[]byte, int, error) {
-	return nil, 0, errors.New("wsproxy: raw reads are implemented on Linux only")
+func (*rawReader) run() error {
+	return errors.New("wsproxy: raw reads are implemented on Linux only")
 }
