@@ -90,7 +90,7 @@ func (p *Proxy) serveH2(w http.ResponseWriter, r *http.Request) {
 	if tn == nil {
 		return
 	}
-	<-tn.done
+	<-tn.rare.done
 	client.handlerDone()
 }
 
@@ -133,7 +133,7 @@ func (p *Proxy) openH2(w http.ResponseWriter, r *http.Request, rc *http.Response
 	}
 	client := newH2Conn(w, r, rc)
 	tn := p.launch(r, t, client, nil, back, backBuf, resp, slot, func(tn *tunnel) {
-		tn.done = make(chan struct{}) // the handler waits for the tunnel
+		tn.rareLocked().done = make(chan struct{}) // the handler waits for the tunnel; not started yet, so no lock
 		client.closeTimeout = p.cfg.closeTimeout
 		client.awaitingClose = func() bool { return tn.down.flags.has(fSentClose) && !tn.up.flags.has(fSrcClosed) }
 	})

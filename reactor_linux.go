@@ -19,8 +19,8 @@ import (
 // it for each one.
 type reactor struct {
 	mu   sync.Mutex
-	epfd int    // -1 when not running
-	gen  uint32 // counts epoll instances, so a pump knows if its registration is still there
+	epfd int   // -1 when not running
+	gen  uint8 // counts epoll instances (wrapping), so a pump knows if its registration is still there
 	// parked pumps by token-1: a slot table rather than a map, 8 bytes a
 	// parked pump; free holds the empty slots.
 	parked  []*pump

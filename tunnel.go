@@ -48,12 +48,12 @@ type tunnel struct {
 	closing bool        // a polite close was started
 	torn    bool        // sockets closed
 	eofs    uint8       // directions that ended with EOF
+	holding bool        // the tunnel holds places under the admission limits (slotCS: its client's)
 	rare    *tunnelRare // timers, and why the tunnel ended; nil until needed, as most tunnels never need it
 
 	prev, next *tunnel // in the proxy's tunnelList, under the proxy's mu
 
-	done chan struct{} // closed when the tunnel finished, if set before start (the HTTP/2 handler waits on it)
-	slot admission     // the client's places under the limits, released at the end
+	slotCS *clientState // with holding: the client's entry under per-client limits, if any
 }
 
 // A tunnelList is the proxy's registry of open tunnels: linked through the
@@ -115,18 +115,18 @@ type pump struct {
 
 	fromClient bool // src is the client: its frames are masked, and frames the proxy writes to dst must be masked
 	spliceOK   bool // plain TCP on both ends: large payloads can skip user space
-
-	// Write state, guarded by mu: whoever holds mu may write to dst.
-	midFrame bool // the bytes written to dst end inside a frame
-	mu       sync.Mutex
-	pending  *pendingFrame // a control frame to write at the next boundary
-	flags    pumpFlags     // fHasPending, fSentClose, fDstShut, fSrcClosed
+	midFrame   bool // the bytes written to dst end inside a frame; guarded by mu
 
 	// Idle parking (see reactor_linux.go): only plain TCP sources on Linux
 	// park; TLS, HTTP/2 streams and other systems wait in their goroutine.
 	parkable bool
+	epGen    uint8  // the reactor generation the socket is registered with (wraps: a stale match costs a failed EPOLL_CTL_MOD)
 	token    uint32 // the reactor's name for the pump while parked
-	epGen    uint32 // the reactor generation the socket is registered with
+
+	// Write state, guarded by mu: whoever holds mu may write to dst.
+	mu      sync.Mutex
+	pending *pendingFrame // a control frame to write at the next boundary
+	flags   pumpFlags     // fHasPending, fSentClose, fDstShut, fSrcClosed
 
 	// Observed facts, read by the tunnel and Stats.
 	closeCode atomic.Int32 // code of the close frame src sent (1005 if it had none)
@@ -146,6 +146,7 @@ type tunnelClock struct {
 // A tunnelRare holds what a tunnel needs only sometimes: its timers, and
 // why it ended. tn.mu guards it.
 type tunnelRare struct {
+	done   chan struct{} // closed when the tunnel finished, if set before start (the HTTP/2 handler waits on it)
 	timers []*time.Timer // stopped when the tunnel ends
 	reason string        // why the proxy ended the tunnel; "" when the peers did
 	err    error         // the first error that ended it
@@ -568,8 +569,8 @@ func (tn *tunnel) finish() {
 		Err:             err,
 	}
 	tn.p.tunnelClosed(tn, info)
-	if tn.done != nil {
-		close(tn.done)
+	if tn.rare != nil && tn.rare.done != nil {
+		close(tn.rare.done)
 	}
 }
 

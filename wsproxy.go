@@ -581,7 +581,8 @@ func (p *Proxy) launch(r *http.Request, t *Target, client net.Conn, clientBuf []
 	if prepare != nil {
 		prepare(tn)
 	}
-	tn.slot = slot.handOver()
+	held := slot.handOver()
+	tn.holding, tn.slotCS = held.l != nil, held.cs
 	t.stats.total.Add(1) // before the proxy's: its Total covers the targets'
 	p.total.Add(1)
 	shuttingDown := p.register(tn)
@@ -705,7 +706,10 @@ func (p *Proxy) register(tn *tunnel) bool {
 
 // tunnelClosed settles a finished tunnel's counts and tells the hooks.
 func (p *Proxy) tunnelClosed(tn *tunnel, info CloseInfo) {
-	tn.slot.release()
+	if tn.holding {
+		held := admission{l: &p.limits, cs: tn.slotCS}
+		held.release()
+	}
 	t := tn.target
 	t.open.Add(-1)
 	t.stats.bytesIn.Add(info.ClientToBackend.Bytes)
