@@ -33,8 +33,9 @@ func (f ResolverFunc) Resolve(ctx context.Context) ([]string, error) { return f(
 // interval and applying the answer with SetTargets, so removed targets
 // drain (WithDrainTimeout). A failed lookup, an empty answer or an invalid
 // target keeps the last good set and is logged as a warning. When New gets
-// no targets, it asks r once, bounded by interval and the dial timeout, and
-// fails if that fails.
+// no targets, it asks r once, bounded by the dial timeout (not by interval:
+// a short interval must not make New fail on a busy machine), and fails if
+// that fails. Each later lookup is bounded by interval.
 // Default: none; the targets change only with SetTargets.
 func WithDiscovery(r Resolver, interval time.Duration) Option {
 	return optionFunc(func(c *config) {
@@ -177,7 +178,7 @@ func initialTargets(c *config, targets []string) ([]string, error) {
 	if len(targets) > 0 || c.lb.discovery == nil || len(c.errs) > 0 {
 		return targets, nil
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), min(c.lb.discoveryEvery, cmp.Or(c.dialTimeout, defaultDialTimeout)))
+	ctx, cancel := context.WithTimeout(context.Background(), cmp.Or(c.dialTimeout, defaultDialTimeout))
 	defer cancel()
 	ts, err := c.lb.discovery.Resolve(ctx)
 	if err != nil {

@@ -415,3 +415,22 @@ func TestSetTargetsReAddedKeepsCounts(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "a", string(got))
 }
+
+// TestDiscoveryFirstLookupSlowerThanInterval: New's own lookup is bounded by
+// the dial timeout, not the interval, so a short interval on a busy machine
+// (a lookup slower than it) does not make New fail.
+func TestDiscoveryFirstLookupSlowerThanInterval(t *testing.T) {
+	t.Parallel()
+	echo := newEcho(t)
+	slow := ResolverFunc(func(ctx context.Context) ([]string, error) {
+		select {
+		case <-time.After(50 * time.Millisecond):
+			return []string{echo}, nil
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	})
+	p, url := newProxy(t, nil, WithDiscovery(slow, 5*time.Millisecond))
+	assert.Equal(t, []string{echo}, liveTargets(p))
+	echoOnce(t, url)
+}
