@@ -37,6 +37,7 @@ func (c *fakeConn) Close() error                     { return nil }
 func (c *fakeConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *fakeConn) SetWriteDeadline(time.Time) error { return nil }
 func (c *fakeConn) SetDeadline(time.Time) error      { return nil }
+func (c *fakeConn) RemoteAddr() net.Addr             { return nil }
 
 // fuzzPingID is the tunnel's ping id in FuzzFrameTracker, so that inputs can
 // contain the proxy's own pongs, which it must take out of the stream.
@@ -200,7 +201,7 @@ func FuzzFrameTracker(f *testing.F) {
 		p := &Proxy{cfg: defaultConfig()}
 		p.cfg.maxMessageSize = int64(limit)
 		tn := newTunnel(p, &Target{}, &fakeConn{}, &fakeConn{}, TunnelInfo{Start: time.Now()})
-		tn.pingID = fuzzPingID
+		tn.clock = &tunnelClock{pingID: fuzzPingID}
 		pu := &tn.down
 		if fromClient {
 			pu = &tn.up

@@ -28,32 +28,29 @@ type tunnel struct {
 	back   net.Conn
 
 	// What info reports, kept field by field: an idle tunnel holds only
-	// what it must (see "Memory" in docs/DESIGN.md).
-	remoteAddr  string
+	// what it must (see "Memory of an idle tunnel" in docs/DESIGN.md); the
+	// client's address is its connection's unless rare says otherwise.
 	path        string
 	subprotocol string
 	opened      time.Duration // since clockBase: the monotonic clock, in 8 bytes rather than a time.Time's 24
-	protoMajor  uint8
-	protoMinor  uint8
 
 	up   pump // client to backend
 	down pump // backend to client
 
 	clock     *tunnelClock // nil unless an idle timeout or keepalive pings are configured
-	pingID    uint32       // first half of every ping payload the proxy sends
 	running   atomic.Int32 // pumps still running
 	lingering atomic.Bool  // the close handshake is done: read deadlines run out the linger
+
+	protoMajor, protoMinor uint8 // of the client's request
 
 	mu      sync.Mutex
 	closing bool        // a polite close was started
 	torn    bool        // sockets closed
 	eofs    uint8       // directions that ended with EOF
-	holding bool        // the tunnel holds places under the admission limits (slotCS: its client's)
-	rare    *tunnelRare // timers, and why the tunnel ended; nil until needed, as most tunnels never need it
+	holding bool        // the tunnel holds places under the admission limits (rare.slotCS: its client's)
+	rare    *tunnelRare // what only some tunnels need; nil until needed
 
 	prev, next *tunnel // in the proxy's tunnelList, under the proxy's mu
-
-	slotCS *clientState // with holding: the client's entry under per-client limits, if any
 }
 
 // A tunnelList is the proxy's registry of open tunnels: linked through the
@@ -138,6 +135,7 @@ type pump struct {
 // go by, all unix nanoseconds. Only tunnels that have either get one: the
 // others never look at the clock while passing bytes.
 type tunnelClock struct {
+	pingID     uint32          // first half of every ping payload the proxy sends
 	lastActive atomic.Int64    // the last frame passed between the peers
 	lastRead   [2]atomic.Int64 // by direction (pump.dir): the last byte read from src
 	pingSent   [2]atomic.Int64 // by direction: the proxy's last ping written to dst
@@ -146,10 +144,13 @@ type tunnelClock struct {
 // A tunnelRare holds what a tunnel needs only sometimes: its timers, and
 // why it ended. tn.mu guards it.
 type tunnelRare struct {
-	done   chan struct{} // closed when the tunnel finished, if set before start (the HTTP/2 handler waits on it)
-	timers []*time.Timer // stopped when the tunnel ends
-	reason string        // why the proxy ended the tunnel; "" when the peers did
-	err    error         // the first error that ended it
+	remoteAddr    string        // the request's RemoteAddr, where it is not the client connection's (a middleware set it)
+	hasRemoteAddr bool          // remoteAddr is set
+	slotCS        *clientState  // with holding: the client's entry under per-client limits, if any
+	done          chan struct{} // closed when the tunnel finished, if set before start (the HTTP/2 handler waits on it)
+	timers        []*time.Timer // stopped when the tunnel ends
+	reason        string        // why the proxy ended the tunnel; "" when the peers did
+	err           error         // the first error that ended it
 }
 
 // rareLocked returns the tunnel's tunnelRare, made on first use. tn.mu is
@@ -255,8 +256,12 @@ var bufPool = sync.Pool{New: func() any {
 var errProtocol = errors.New("websocket protocol error")
 
 func newTunnel(p *Proxy, t *Target, client net.Conn, back net.Conn, info TunnelInfo) *tunnel {
-	tn := &tunnel{p: p, target: t, client: client, back: back, pingID: rand.Uint32(),
-		remoteAddr: info.RemoteAddr, path: info.Path, subprotocol: info.Subprotocol, opened: info.Start.Sub(clockBase)}
+	tn := &tunnel{p: p, target: t, client: client, back: back,
+		path: info.Path, subprotocol: info.Subprotocol, opened: info.Start.Sub(clockBase)}
+	if ra := client.RemoteAddr(); ra == nil || ra.String() != info.RemoteAddr {
+		e := tn.rareLocked() // not started: nothing else sees tn yet
+		e.remoteAddr, e.hasRemoteAddr = info.RemoteAddr, true
+	}
 	tn.protoMajor, tn.protoMinor, _ = parseProto(info.Proto)
 	tn.up = pump{t: tn, fromClient: true}
 	tn.down = pump{t: tn}
@@ -267,7 +272,7 @@ func newTunnel(p *Proxy, t *Target, client net.Conn, back net.Conn, info TunnelI
 	tn.up.parkable = parkableConn(client) != nil
 	tn.down.parkable = parkableConn(back) != nil
 	if p.cfg.idleTimeout > 0 || p.cfg.pingInterval > 0 {
-		tn.clock = new(tunnelClock)
+		tn.clock = &tunnelClock{pingID: rand.Uint32()}
 		now := info.Start.UnixNano()
 		tn.clock.lastActive.Store(now)
 		tn.clock.lastRead[0].Store(now)
@@ -282,7 +287,17 @@ func (tn *tunnel) info() TunnelInfo {
 	if tn.protoMajor != 1 || tn.protoMinor != 1 {
 		proto = "HTTP/" + strconv.Itoa(int(tn.protoMajor)) + "." + strconv.Itoa(int(tn.protoMinor))
 	}
-	return TunnelInfo{Target: tn.target.raw, RemoteAddr: tn.remoteAddr, Path: tn.path, Proto: proto,
+	tn.mu.Lock()
+	e := tn.rare
+	var remoteAddr string
+	if e != nil && e.hasRemoteAddr {
+		remoteAddr = e.remoteAddr
+	}
+	tn.mu.Unlock()
+	if e == nil || !e.hasRemoteAddr {
+		remoteAddr = tn.client.RemoteAddr().String()
+	}
+	return TunnelInfo{Target: tn.target.raw, RemoteAddr: remoteAddr, Path: tn.path, Proto: proto,
 		Subprotocol: tn.subprotocol, Start: clockBase.Add(tn.opened)}
 }
 
@@ -378,7 +393,7 @@ func (tn *tunnel) keepalive() bool {
 		return false
 	}
 	var payload [8]byte
-	binary.BigEndian.PutUint32(payload[:4], tn.pingID)
+	binary.BigEndian.PutUint32(payload[:4], tn.clock.pingID)
 	binary.BigEndian.PutUint32(payload[4:], uint32(now))
 	tn.down.inject(wsframe.AppendControl(nil, wsframe.OpPing, payload[:], nil), false)
 	tn.up.inject(wsframe.AppendControl(nil, wsframe.OpPing, payload[:], newMask()), false)
@@ -393,7 +408,7 @@ func newMask() *[4]byte {
 
 // isOwnPong reports whether a pong payload answers one of the proxy's pings.
 func (tn *tunnel) isOwnPong(payload []byte) bool {
-	return len(payload) == 8 && binary.BigEndian.Uint32(payload) == tn.pingID
+	return tn.clock != nil && len(payload) == 8 && binary.BigEndian.Uint32(payload) == tn.clock.pingID
 }
 
 // politeClose sends a close frame to each side, at a frame boundary, and
