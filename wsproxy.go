@@ -592,7 +592,9 @@ func (p *Proxy) launch(r *http.Request, t *Target, client net.Conn, clientBuf []
 	if h := p.cfg.hooks.OnUpgrade; h != nil {
 		h(tn.info())
 	}
-	p.log.Debug("wsproxy: tunnel open", "target", t.raw, "remote_addr", r.RemoteAddr, "path", r.URL.Path, "proto", r.Proto)
+	if p.debug() {
+		p.log.Debug("wsproxy: tunnel open", "target", t.raw, "remote_addr", r.RemoteAddr, "path", r.URL.Path, "proto", r.Proto)
+	}
 	tn.start(clientBuf, backBuf)
 	if shuttingDown {
 		go tn.politeClose(1001, 1001, "shutdown")
@@ -650,11 +652,18 @@ func (p *Proxy) reject(w http.ResponseWriter, r *http.Request, err error) {
 	http.Error(w, publicReason(err, status), status)
 }
 
+// debug reports whether the logger takes debug records: the per-tunnel
+// ones are only built then, as their arguments cost allocations on every
+// upgrade.
+func (p *Proxy) debug() bool {
+	return p.log.Enabled(context.Background(), slog.LevelDebug)
+}
+
 func (p *Proxy) notifyReject(r *http.Request, err error) {
 	var be *BackendError
 	if errors.As(err, &be) && be.Status == 0 {
 		p.log.Warn("wsproxy: backend failed", "target", be.Target, "remote_addr", r.RemoteAddr, "err", err)
-	} else {
+	} else if p.debug() {
 		p.log.Debug("wsproxy: upgrade rejected", "remote_addr", r.RemoteAddr, "path", r.URL.Path, "err", err)
 	}
 	if h := p.cfg.hooks.OnReject; h != nil {
@@ -731,15 +740,17 @@ func (p *Proxy) tunnelClosed(tn *tunnel, info CloseInfo) {
 	p.checkDrainedLocked()
 	p.mu.Unlock()
 
-	attrs := []any{"target", info.Target, "remote_addr", info.RemoteAddr, "duration", info.Duration,
-		"bytes_in", info.ClientToBackend.Bytes, "bytes_out", info.BackendToClient.Bytes}
-	if info.Reason != "" {
-		attrs = append(attrs, "reason", info.Reason)
+	if p.debug() {
+		attrs := []any{"target", info.Target, "remote_addr", info.RemoteAddr, "duration", info.Duration,
+			"bytes_in", info.ClientToBackend.Bytes, "bytes_out", info.BackendToClient.Bytes}
+		if info.Reason != "" {
+			attrs = append(attrs, "reason", info.Reason)
+		}
+		if info.Err != nil {
+			attrs = append(attrs, "err", info.Err)
+		}
+		p.log.Debug("wsproxy: tunnel closed", attrs...)
 	}
-	if info.Err != nil {
-		attrs = append(attrs, "err", info.Err)
-	}
-	p.log.Debug("wsproxy: tunnel closed", attrs...)
 	if h := p.cfg.hooks.OnClose; h != nil {
 		h(info)
 	}
