@@ -11,8 +11,8 @@ import (
 )
 
 // TestBusyTunnelsParkWhenIdle: tunnels busy for longer than parkAfter (so
-// idle deadlines pass with bytes in between and are set again) park once
-// they go quiet, and still echo afterwards.
+// the idle deadline keeps moving with the bytes) park once they go quiet,
+// and still echo afterwards.
 func TestBusyTunnelsParkWhenIdle(t *testing.T) {
 	t.Parallel()
 	p, url := newProxy(t, []string{newEcho(t)})

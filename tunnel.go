@@ -657,30 +657,21 @@ func (p *pump) loop(initial []byte) error {
 // loopRaw is the loop of a pump that can park: the rawReader reads and
 // passes bytes without holding a buffer while it waits, and the pump parks
 // after parkAfter without bytes.
-//
-// The idle deadline is set once and looked at when it passes: bytes since
-// then (rr.active) mean the pump is busy and it is set again; none mean
-// parkAfter to 2*parkAfter without bytes, and the pump parks. So a busy
-// pump never reads the clock per message.
 func (p *pump) loopRaw(rr *rawReader) error {
 	for {
-		if !rr.armed && !p.t.lingering.Load() {
-			// During the close handshake the linger deadline rules instead.
-			p.src().SetReadDeadline(time.Now().Add(parkAfter))
-			rr.armed, rr.active = true, false
-		}
+		rr.deadline = p.armIdleDeadline(rr.deadline)
 		err := rr.run()
 		switch {
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			rr.armed = false
+			rr.deadline = 0
+			if p.tryPark() {
+				return errParked
+			}
 			// Only the linger deadline of a finished close handshake
 			// ends the pump; during a polite close the close timeout
 			// bounds the wait, so the idle deadline just moves on.
 			if p.t.lingering.Load() {
 				return err
-			}
-			if !rr.active && p.tryPark() {
-				return errParked
 			}
 			continue
 		case err != nil:
@@ -689,7 +680,6 @@ func (p *pump) loopRaw(rr *rawReader) error {
 			return nil
 		}
 		if p.canSplice() {
-			rr.active = true
 			if err := p.splice(); err != nil {
 				return err
 			}
@@ -705,7 +695,7 @@ func (p *pump) canSplice() bool {
 }
 
 // parkAfter is how long a pump waits for bytes in its goroutine before it
-// parks in the reactor (up to twice that, see loopRaw). A busy tunnel never waits that long; a burst of
+// parks in the reactor. A busy tunnel never waits that long; a burst of
 // traffic across many idle tunnels (a broadcast) wakes a goroutine for each,
 // and the shorter they linger, the fewer stacks are alive at once. Longer
 // spares tunnels with messages a little further apart the reactor's hop
@@ -713,6 +703,22 @@ func (p *pump) canSplice() bool {
 var parkAfter = 100 * time.Millisecond
 
 var errParked = errors.New("pump parked")
+
+// armIdleDeadline keeps a read deadline parkAfter ahead, moving it only
+// when half of it is used up, so a busy pump rarely touches its timer. It
+// returns the deadline now set. During the close handshake the linger
+// deadline rules instead.
+func (p *pump) armIdleDeadline(deadline int64) int64 {
+	if p.t.lingering.Load() {
+		return deadline
+	}
+	now := time.Now().UnixNano()
+	if deadline-now < int64(parkAfter/2) {
+		deadline = now + int64(parkAfter)
+		p.src().SetReadDeadline(time.Unix(0, deadline))
+	}
+	return deadline
+}
 
 // tryPark hands the pump to the reactor unless the tunnel is ending.
 func (p *pump) tryPark() bool {

@@ -39,14 +39,13 @@ func parkableConn(c net.Conn) syscall.RawConn {
 // write blocked inside readFD then returns, and Close does not wait on it.
 // A running pump has one rawReader; a parked pump has none.
 type rawReader struct {
-	p      *pump
-	rc     syscall.RawConn
-	cb     func(fd uintptr) bool // readFD, made once
-	buf    *[]byte               // the buffer readFD reads into, while it reads
-	armed  bool                  // the idle read deadline is set on src
-	active bool                  // bytes passed since it was set
-	eof    bool                  // src ended (read returned 0)
-	err    error                 // a read error, or the error passing bytes on
+	p        *pump
+	rc       syscall.RawConn
+	cb       func(fd uintptr) bool // readFD, made once
+	buf      *[]byte               // the buffer readFD reads into, while it reads
+	deadline int64                 // unix nanoseconds of the idle read deadline set on src
+	eof      bool                  // src ended (read returned 0)
+	err      error                 // a read error, or the error passing bytes on
 }
 
 func newRawReader(p *pump, rc syscall.RawConn) *rawReader {
@@ -99,7 +98,7 @@ func (r *rawReader) readFD(fd uintptr) bool {
 		if r.err = p.chunk(*r.buf, n); r.err != nil || p.canSplice() {
 			return true
 		}
-		r.active = true
+		r.deadline = p.armIdleDeadline(r.deadline)
 		if n < len(b) {
 			bufPool.Put(r.buf)
 			r.buf = nil

@@ -15,8 +15,8 @@ func parkableConn(net.Conn) syscall.RawConn { return nil }
 // rawReader is never used here: parkableConn returns nil, so pumps read
 // through net.Conn.Read.
 type rawReader struct {
-	armed, active bool
-	eof           bool
+	deadline int64
+	eof      bool
 }
 
 func newRawReader(*pump, syscall.RawConn) *rawReader { return &rawReader{} }
