@@ -269,8 +269,8 @@ func newTunnel(p *Proxy, t *Target, client net.Conn, back net.Conn, info TunnelI
 	_, backTCP := back.(*net.TCPConn)
 	tn.up.spliceOK = clientTCP && backTCP
 	tn.down.spliceOK = tn.up.spliceOK
-	tn.up.parkable = parkableConn(client) != nil
-	tn.down.parkable = parkableConn(back) != nil
+	tn.up.parkable = canPark && clientTCP
+	tn.down.parkable = canPark && backTCP
 	if p.cfg.idleTimeout > 0 || p.cfg.pingInterval > 0 {
 		tn.clock = &tunnelClock{pingID: rand.Uint32()}
 		now := info.Start.UnixNano()

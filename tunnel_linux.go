@@ -6,6 +6,10 @@ import (
 	"syscall"
 )
 
+// canPark says that plain TCP sources wait without a buffer and park in the
+// reactor here.
+const canPark = true
+
 // parkableConn returns the raw connection of a plain TCP socket, which the
 // pump waits on without a buffer and parks in the reactor, or nil.
 func parkableConn(c net.Conn) syscall.RawConn {

@@ -8,8 +8,11 @@ import (
 	"syscall"
 )
 
-// parkableConn returns nil where the buffer-free wait and the reactor are
-// not implemented: the pump then blocks in Read holding its buffer.
+// canPark is false where the buffer-free wait and the reactor are not
+// implemented: pumps block in Read holding their buffer.
+const canPark = false
+
+// parkableConn returns nil here.
 func parkableConn(net.Conn) syscall.RawConn { return nil }
 
 // rawReader is never used here: parkableConn returns nil, so pumps read
