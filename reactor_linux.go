@@ -86,12 +86,17 @@ func (r *reactor) slot(p *pump) {
 	p.token = uint32(len(r.parked))
 }
 
-// take removes the pump with token from the table and returns it, or nil.
-func (r *reactor) take(token uint32) *pump {
+// at returns the pump parked under token, or nil.
+func (r *reactor) at(token uint32) *pump {
 	if token == 0 || int(token) > len(r.parked) {
 		return nil
 	}
-	p := r.parked[token-1]
+	return r.parked[token-1]
+}
+
+// take removes the pump with token from the table and returns it, or nil.
+func (r *reactor) take(token uint32) *pump {
+	p := r.at(token)
 	if p != nil {
 		r.parked[token-1] = nil
 		r.free = append(r.free, token-1)
@@ -105,7 +110,7 @@ func (r *reactor) take(token uint32) *pump {
 func (r *reactor) unpark(p *pump) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if p.token == 0 || int(p.token) > len(r.parked) || r.parked[p.token-1] != p {
+	if r.at(p.token) != p {
 		return false
 	}
 	r.take(p.token)

@@ -44,12 +44,9 @@ func parkedTunnels(p *Proxy) int {
 	r := &theReactor
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	parked := func(pu *pump) bool {
-		return pu.token != 0 && int(pu.token) <= len(r.parked) && r.parked[pu.token-1] == pu
-	}
 	n := 0
 	for tn := range p.tunnels.all() {
-		if parked(&tn.up) && parked(&tn.down) {
+		if r.at(tn.up.token) == &tn.up && r.at(tn.down.token) == &tn.down {
 			n++
 		}
 	}

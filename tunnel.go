@@ -98,7 +98,7 @@ func (l *tunnelList) all() iter.Seq[*tunnel] {
 // dst, tracking frame boundaries so that the proxy can write a control frame
 // of its own between two frames, never inside one. Its fields are what a
 // pump must remember while parked; what a running pump needs only while it
-// runs lives in its goroutine (see run).
+// runs lives in its goroutine (see rawReader).
 type pump struct {
 	t *tunnel
 
@@ -312,6 +312,29 @@ func parseProto(proto string) (major, minor uint8, ok bool) {
 		return 1, 1, false
 	}
 	return proto[5] - '0', proto[7] - '0', true
+}
+
+// holdSlot makes the tunnel the holder of the admission's places, stored
+// as a flag and, for per-client limits, an entry in tunnelRare, since most
+// tunnels have none. Called before start.
+func (tn *tunnel) holdSlot(a admission) {
+	tn.holding = a.l != nil
+	if a.cs != nil {
+		tn.rareLocked().slotCS = a.cs // not started: nothing else sees tn yet
+	}
+}
+
+// releaseSlot gives the tunnel's places back. Called once, after the pumps
+// are done, so nothing writes tn.rare any more.
+func (tn *tunnel) releaseSlot() {
+	if !tn.holding {
+		return
+	}
+	a := admission{l: &tn.p.limits}
+	if tn.rare != nil {
+		a.cs = tn.rare.slotCS
+	}
+	a.release()
 }
 
 // addTimer keeps t to be stopped when the tunnel ends. tn.mu is held.

@@ -38,9 +38,10 @@ func parkableConn(c net.Conn) syscall.RawConn {
 //     before it started.) This is nginx's rule too: a short read clears
 //     the ready flag.
 //
-// Writing to dst while holding src's read lock is safe because teardown
-// moves both sockets' deadlines into the past before it closes them: a
-// write blocked inside readFD then returns, and Close does not wait on it.
+// Writing to dst while holding src's read lock is safe because of the order
+// of teardown: closing the client wakes whatever waits on it, and the
+// backend socket gets a past deadline first, so a write blocked inside
+// readFD returns and Close does not wait on it.
 // A running pump has one rawReader; a parked pump has none.
 type rawReader struct {
 	p        *pump

@@ -581,11 +581,7 @@ func (p *Proxy) launch(r *http.Request, t *Target, client net.Conn, clientBuf []
 	if prepare != nil {
 		prepare(tn)
 	}
-	held := slot.handOver()
-	tn.holding = held.l != nil
-	if held.cs != nil {
-		tn.rareLocked().slotCS = held.cs // not started: no lock needed
-	}
+	tn.holdSlot(slot.handOver())
 	t.stats.total.Add(1) // before the proxy's: its Total covers the targets'
 	p.total.Add(1)
 	shuttingDown := p.register(tn)
@@ -718,13 +714,7 @@ func (p *Proxy) register(tn *tunnel) bool {
 
 // tunnelClosed settles a finished tunnel's counts and tells the hooks.
 func (p *Proxy) tunnelClosed(tn *tunnel, info CloseInfo) {
-	if tn.holding {
-		held := admission{l: &p.limits}
-		if tn.rare != nil { // the pumps are done: nothing writes rare now
-			held.cs = tn.rare.slotCS
-		}
-		held.release()
-	}
+	tn.releaseSlot()
 	t := tn.target
 	t.open.Add(-1)
 	t.stats.bytesIn.Add(info.ClientToBackend.Bytes)
