@@ -34,6 +34,8 @@ type backend struct {
 	name string // "b1"
 	addr string // 127.0.0.1:port, the same for every incarnation
 	bad  *violations
+	// closing learns of every close frame the proxy sends.
+	closing *closingTunnels
 
 	mu    sync.Mutex
 	life  int
@@ -89,12 +91,12 @@ var echoBufs = sync.Pool{New: func() any {
 	return &b
 }}
 
-func startBackend(name string, bad *violations) (*backend, error) {
+func startBackend(name string, bad *violations, closing *closingTunnels) (*backend, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	b := &backend{name: name, addr: ln.Addr().String(), bad: bad}
+	b := &backend{name: name, addr: ln.Addr().String(), bad: bad, closing: closing}
 	b.serve(ln)
 	return b, nil
 }
@@ -280,6 +282,7 @@ func (e *echo) control(h wsframe.Header) (done bool, err error) {
 		_, err := e.conn.Write(appendFrame(nil, true, wsframe.OpPong, pl, false, [4]byte{}))
 		return false, err
 	case wsframe.OpClose:
+		e.b.closing.add(e.client, e.gen)
 		// Answer with the same code, then hang up: the server closes the
 		// TCP connection first (RFC 6455 §7.1.1).
 		e.conn.Write(appendFrame(nil, true, wsframe.OpClose, pl, false, [4]byte{}))

@@ -41,7 +41,7 @@ type client struct {
 	ackBytes  int64
 	stalls    int   // times the reader stopped
 	blocked   int   // stalls during which a write blocked for stallBlocked
-	stallMax  int64 // most bytes written during one stall
+	stallMax  int64 // most bytes written during one stall, before the proxy closed the tunnel
 
 	// Written by the writers.
 	sent      atomic.Int64
@@ -60,7 +60,7 @@ type tunnel struct {
 	closed bool // guarded by conn's write lock: a close frame went out
 
 	stalling   atomic.Bool
-	stallBytes atomic.Int64 // bytes written during the current stall
+	stallBytes atomic.Int64 // bytes written during the current stall, before the proxy closed the tunnel
 	blocked    atomic.Bool  // a write blocked during the current stall
 	writing    atomic.Int64 // unix nanoseconds when the write in progress began, 0 if none
 	tokens     atomic.Int64 // large-message tokens held by unacknowledged messages
@@ -235,7 +235,9 @@ func (c *client) write(t *tunnel) {
 				return
 			}
 		}
-		if stalling {
+		// Once the proxy closes the tunnel it discards what the client
+		// still sends: those bytes are not back-pressure's to hold.
+		if stalling && !c.s.closing.has(c.id, t.gen) {
 			t.stallBytes.Add(int64(size))
 			if time.Since(start) >= stallBlocked {
 				t.blocked.Store(true)
