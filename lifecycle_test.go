@@ -20,11 +20,10 @@ import (
 	"github.com/wsproxy/wsproxy/internal/wstest"
 )
 
-// closeRecorder is a backend that runs script on each connection and then
-// reports how the connection ended: the close code it received, or -1.
-func closeRecorder(t *testing.T, script func(c *wstest.Conn)) (string, chan int) {
-	codes := make(chan int, 512)
-	url := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+// upgradedBackend is a backend that completes the handshake, runs script
+// (if any), then hands the connection to rest.
+func upgradedBackend(t *testing.T, script, rest func(c *wstest.Conn)) string {
+	return newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := wstest.Upgrade(w, r, nil)
 		if err != nil {
 			return
@@ -33,6 +32,15 @@ func closeRecorder(t *testing.T, script func(c *wstest.Conn)) (string, chan int)
 		if script != nil {
 			script(c)
 		}
+		rest(c)
+	}))
+}
+
+// closeRecorder is a backend that runs script on each connection and then
+// reports how the connection ended: the close code it received, or -1.
+func closeRecorder(t *testing.T, script func(c *wstest.Conn)) (string, chan int) {
+	codes := make(chan int, 512)
+	url := upgradedBackend(t, script, func(c *wstest.Conn) {
 		for {
 			_, _, err := c.ReadMessage()
 			var ce *wstest.CloseError
@@ -45,7 +53,7 @@ func closeRecorder(t *testing.T, script func(c *wstest.Conn)) (string, chan int)
 				return
 			}
 		}
-	}))
+	})
 	return url, codes
 }
 
@@ -53,17 +61,7 @@ func closeRecorder(t *testing.T, script func(c *wstest.Conn)) (string, chan int)
 // script, then only reads (and discards) until the connection ends: it
 // never answers a ping or a close frame.
 func scriptedSilentBackend(t *testing.T, script func(c *wstest.Conn)) string {
-	return newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := wstest.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		if script != nil {
-			script(c)
-		}
-		io.Copy(io.Discard, c.Conn)
-	}))
+	return upgradedBackend(t, script, func(c *wstest.Conn) { io.Copy(io.Discard, c.Conn) })
 }
 
 // readClose reads until a close frame or an error; it returns the close
