@@ -563,10 +563,7 @@ func TestH2Rejects(t *testing.T) {
 	plain := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "<html>not a websocket</html>")
 	}))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	down := "ws://" + ln.Addr().String()
-	ln.Close()
+	down := "ws://" + refusingAddr(t)
 
 	tests := []struct {
 		name    string

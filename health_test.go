@@ -320,10 +320,7 @@ func TestActiveHealthCheck(t *testing.T) {
 
 func TestActiveHealthCheckTCP(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	addr := ln.Addr().String()
-	require.NoError(t, ln.Close()) // nothing listens there now
+	addr := refusingAddr(t)
 	good := newEcho(t)
 	p, _ := newProxy(t, []string{"ws://" + addr, good},
 		WithHealthCheck(HealthCheck{TCPOnly: true, Interval: 10 * time.Millisecond, Fall: 1, Rise: 1}))

@@ -40,6 +40,27 @@ func newEcho(t *testing.T) string {
 	return newBackend(t, wstest.EchoHandler())
 }
 
+// refusingAddr returns a loopback host:port where connections are refused
+// and that no listener can take while the test runs: the local end of a
+// connection the test keeps open. A closed listener's port is not enough:
+// the next Listen, maybe the test's own proxy, can get the same port, and
+// once did, making a proxy its own backend.
+func refusingAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	defer ln.Close()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	require.NoError(t, err)
+	peer, err := ln.Accept()
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		c.Close()
+		peer.Close()
+	})
+	return c.LocalAddr().String()
+}
+
 // newProxy starts a server with a Proxy for targets and returns the proxy
 // and the server's ws:// URL. Cleanup closes both.
 func newProxy(t *testing.T, targets []string, opts ...Option) (*Proxy, string) {

@@ -143,10 +143,7 @@ func TestAdmissionReleasedWithoutTunnel(t *testing.T) {
 	refuse := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "no", http.StatusForbidden)
 	}))
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	unreachable := "ws://" + ln.Addr().String()
-	require.NoError(t, ln.Close())
+	unreachable := "ws://" + refusingAddr(t)
 
 	tests := []struct {
 		name string

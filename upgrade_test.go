@@ -449,15 +449,12 @@ func TestBackendResponses(t *testing.T) {
 
 func TestBackendDown(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	dead := "ws://" + ln.Addr().String()
-	ln.Close()
+	dead := "ws://" + refusingAddr(t)
 	var rejected atomic.Value
 	_, url := newProxy(t, []string{dead}, WithHooks(Hooks{OnReject: func(_ *http.Request, err error) { rejected.Store(err) }}))
 	resp, _, _ := rawRequest(t, url, string(wstest.Request(hostOf(url), "/", wstest.NewKey())))
 	assert.Equal(t, http.StatusBadGateway, resp.StatusCode)
-	err, _ = rejected.Load().(error)
+	err, _ := rejected.Load().(error)
 	require.ErrorIs(t, err, ErrDial)
 	var be *BackendError
 	require.ErrorAs(t, err, &be)
