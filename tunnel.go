@@ -458,7 +458,7 @@ func (tn *tunnel) politeClose(toClient, toBackend uint16, reason string) {
 // FIN both ways and waits a little for the peers' own FIN, which avoids the
 // reset (and lost close frame) that closing with unread bytes causes.
 func (tn *tunnel) checkCloseHandshake() {
-	if !(tn.up.flags.has(fSrcClosed) && tn.down.flags.has(fSrcClosed) && tn.up.flags.has(fSentClose) && tn.down.flags.has(fSentClose)) {
+	if !tn.closeHandshakeDone() {
 		return
 	}
 	tn.mu.Lock()
@@ -472,6 +472,14 @@ func (tn *tunnel) checkCloseHandshake() {
 	// A parked pump would never see its deadline.
 	tn.up.wake()
 	tn.down.wake()
+}
+
+// closeHandshakeDone reports whether each side sent a close frame and was
+// sent one: read is not enough, a close frame read may still be on its way
+// out, behind the last messages before it.
+func (tn *tunnel) closeHandshakeDone() bool {
+	const both = fSrcClosed | fSentClose
+	return tn.up.flags.v.Load()&both == both && tn.down.flags.v.Load()&both == both
 }
 
 // shutDst closes the write half of dst (TCP FIN), once.
@@ -535,8 +543,10 @@ func (tn *tunnel) pumpDone(p *pump, err error) {
 			}))
 		}
 		tn.mu.Unlock()
-		if p.peer().flags.has(fSrcClosed) && p.flags.has(fSrcClosed) {
-			// Both sides sent their close frame and one hung up: done.
+		if tn.closeHandshakeDone() {
+			// Both close frames went through and one side hung up: done.
+			// (Until the other side's close frame is written, its pump
+			// ends the tunnel, after checkCloseHandshake.)
 			tn.teardown(nil)
 		}
 	case isTimeout(err) && tn.isClosing():

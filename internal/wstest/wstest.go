@@ -234,12 +234,18 @@ func Dial(ctx context.Context, rawURL string, tlsConfig *tls.Config, early []byt
 		}
 		conn = tc
 	}
+	return Handshake(ctx, conn, u.Host, u.RequestURI(), early, extra...)
+}
+
+// Handshake opens a WebSocket on conn, a connection the caller dialled
+// (with socket options of its own, say), as Dial does after dialling; it
+// closes conn when the handshake fails.
+func Handshake(ctx context.Context, conn net.Conn, host, path string, early []byte, extra ...string) (*Conn, *http.Response, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
 	key := NewKey()
-	path := u.RequestURI()
-	msg := append(Request(u.Host, path, key, extra...), early...)
+	msg := append(Request(host, path, key, extra...), early...)
 	if _, err := conn.Write(msg); err != nil {
 		conn.Close()
 		return nil, nil, err

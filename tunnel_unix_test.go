@@ -1,0 +1,111 @@
+//go:build unix
+
+package wsproxy
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/wsproxy/wsproxy/internal/wsframe"
+	"github.com/wsproxy/wsproxy/internal/wstest"
+)
+
+// TestLastFramesBeforeClientHangUp: the client sends its close frame and
+// hangs up at once (a FIN; Chromium ends its HTTP/2 stream the same way)
+// while the backend's last messages and its close frame are still being
+// written to it, held up because the client reads slowly. The proxy must
+// pass all of them on before it ends the tunnel. It once tore the tunnel
+// down as soon as it had read both close frames, written or not: the
+// client lost the tail (and over HTTP/2, Chromium saw a reset stream).
+func TestLastFramesBeforeClientHangUp(t *testing.T) {
+	t.Parallel()
+	const n, size = 100, 200
+	var tail []byte // n messages and the close frame, in one write
+	for i := range n {
+		tail = wstest.AppendFrame(tail, wstest.Frame{Fin: true, Op: wsframe.OpBinary, Payload: bytes.Repeat([]byte{byte(i)}, size)}, false)
+	}
+	tail = wsframe.AppendControl(tail, wsframe.OpClose, wsframe.ClosePayload(4000, "done"), nil)
+	require.Less(t, len(tail), bufSize, "one read of the proxy's takes the whole tail")
+	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := wstest.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if _, _, err := c.ReadMessage(); err != nil { // "go"
+			return
+		}
+		c.Conn.Write(tail)
+		io.Copy(io.Discard, c.Conn) // the client's close frame, then its FIN
+	}))
+	p, err := New([]string{backend})
+	require.NoError(t, err)
+	// Small socket buffers between the proxy and the client, so that the
+	// tail cannot fit in them.
+	srv := httptest.NewUnstartedServer(p)
+	srv.Listener = smallBufferListener{srv.Listener}
+	srv.Start()
+	t.Cleanup(func() {
+		p.Close()
+		srv.Close()
+	})
+
+	// The client's receive buffer is set before it connects: a window
+	// once advertised does not shrink.
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		var err error
+		rc.Control(func(fd uintptr) { err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4<<10) })
+		return err
+	}}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	addr := srv.Listener.Addr().String()
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	require.NoError(t, err)
+	c, _, err := wstest.Handshake(ctx, conn, addr, "/", nil)
+	require.NoError(t, err)
+	defer c.Close()
+	tc := conn.(*net.TCPConn)
+	require.NoError(t, c.WriteMessage(wsframe.OpBinary, []byte("go")))
+	// Let the proxy read the tail and block writing it; then close and
+	// hang up without reading.
+	time.Sleep(200 * time.Millisecond)
+	require.NoError(t, c.WriteClose(4000, "done"))
+	require.NoError(t, tc.CloseWrite())
+	time.Sleep(100 * time.Millisecond)
+
+	tc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	for i := range n {
+		op, msg, err := c.ReadMessage()
+		require.NoError(t, err, "message %d of %d", i, n)
+		require.Equal(t, byte(wsframe.OpBinary), op)
+		require.Equal(t, bytes.Repeat([]byte{byte(i)}, size), msg, "message %d", i)
+	}
+	f, err := c.ReadFrame()
+	require.NoError(t, err, "the backend's close frame")
+	assert.Equal(t, byte(wsframe.OpClose), f.Op)
+	_, err = c.ReadFrame()
+	assert.ErrorIs(t, err, io.EOF, "then the proxy's FIN")
+}
+
+// smallBufferListener gives accepted connections 4 KiB socket buffers.
+type smallBufferListener struct{ net.Listener }
+
+func (l smallBufferListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetReadBuffer(4 << 10)
+		tc.SetWriteBuffer(4 << 10)
+	}
+	return c, err
+}
