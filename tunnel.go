@@ -622,14 +622,6 @@ func (tn *tunnel) finish() {
 	}
 }
 
-// peer returns the pump of the other direction.
-func (p *pump) peer() *pump {
-	if p == &p.t.up {
-		return &p.t.down
-	}
-	return &p.t.up
-}
-
 func (p *pump) traffic() Traffic {
 	return Traffic{Bytes: p.bytes.Load(), Messages: p.messages.Load(), CloseCode: int(p.closeCode.Load())}
 }
