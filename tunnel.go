@@ -456,7 +456,8 @@ func (tn *tunnel) politeClose(toClient, toBackend uint16, reason string) {
 // checkCloseHandshake ends the tunnel's TCP connections once each side both
 // sent and received a close frame: nothing may follow, so the proxy sends
 // FIN both ways and waits a little for the peers' own FIN, which avoids the
-// reset (and lost close frame) that closing with unread bytes causes.
+// reset (and lost close frame) that closing with unread bytes causes. If a
+// side hung up already, the tunnel ends now: pumpDone waited for this.
 func (tn *tunnel) checkCloseHandshake() {
 	if !tn.closeHandshakeDone() {
 		return
@@ -468,7 +469,14 @@ func (tn *tunnel) checkCloseHandshake() {
 	tn.down.shutDst()
 	tn.client.SetReadDeadline(deadline)
 	tn.back.SetReadDeadline(deadline)
+	hungUp := tn.eofs > 0
 	tn.mu.Unlock()
+	if hungUp {
+		// Not here: a pump may be calling this from inside a read of a
+		// socket that teardown closes, and Close waits for that read.
+		go tn.teardown(nil)
+		return
+	}
 	// A parked pump would never see its deadline.
 	tn.up.wake()
 	tn.down.wake()
@@ -543,11 +551,16 @@ func (tn *tunnel) pumpDone(p *pump, err error) {
 			}))
 		}
 		tn.mu.Unlock()
-		if tn.closeHandshakeDone() {
+		switch {
+		case tn.closeHandshakeDone():
 			// Both close frames went through and one side hung up: done.
-			// (Until the other side's close frame is written, its pump
-			// ends the tunnel, after checkCloseHandshake.)
 			tn.teardown(nil)
+		case tn.up.flags.has(fSrcClosed) && tn.down.flags.has(fSrcClosed):
+			// The other side's close frame is still being written to the
+			// side that hung up. checkCloseHandshake ends the tunnel once
+			// it is out (it reads eofs under the lock, so one of the two
+			// sees both); the close timeout bounds the write.
+			p.src().SetWriteDeadline(time.Now().Add(tn.p.cfg.closeTimeout))
 		}
 	case isTimeout(err) && tn.isClosing():
 		// The read deadline after a completed close handshake.

@@ -20,19 +20,21 @@ import (
 	"github.com/wsproxy/wsproxy/internal/wstest"
 )
 
-// TestLastFramesBeforeClientHangUp: the client sends its close frame and
-// hangs up at once (a FIN; Chromium ends its HTTP/2 stream the same way)
-// while the backend's last messages and its close frame are still being
-// written to it, held up because the client reads slowly. The proxy must
-// pass all of them on before it ends the tunnel. It once tore the tunnel
-// down as soon as it had read both close frames, written or not: the
-// client lost the tail (and over HTTP/2, Chromium saw a reset stream).
-func TestLastFramesBeforeClientHangUp(t *testing.T) {
-	t.Parallel()
-	const n, size = 100, 200
-	var tail []byte // n messages and the close frame, in one write
-	for i := range n {
-		tail = wstest.AppendFrame(tail, wstest.Frame{Fin: true, Op: wsframe.OpBinary, Payload: bytes.Repeat([]byte{byte(i)}, size)}, false)
+// The tests below put a tunnel in this state: the backend's last
+// messages (n of size bytes) and its close frame came in one write, and the
+// proxy, which read them all at once, is blocked writing them to a client
+// that reads slowly; the client then sends its close frame and hangs up
+// (a FIN; Chromium ends its HTTP/2 stream the same way).
+const hangUpN, hangUpSize = 100, 200
+
+func hangUpMessage(i int) []byte { return bytes.Repeat([]byte{byte(i)}, hangUpSize) }
+
+// hangUpWithTailPending sets up that state and returns the client.
+func hangUpWithTailPending(t *testing.T, opts ...Option) (*wstest.Conn, *net.TCPConn) {
+	t.Helper()
+	var tail []byte
+	for i := range hangUpN {
+		tail = wstest.AppendFrame(tail, wstest.Frame{Fin: true, Op: wsframe.OpBinary, Payload: hangUpMessage(i)}, false)
 	}
 	tail = wsframe.AppendControl(tail, wsframe.OpClose, wsframe.ClosePayload(4000, "done"), nil)
 	require.Less(t, len(tail), bufSize, "one read of the proxy's takes the whole tail")
@@ -48,7 +50,7 @@ func TestLastFramesBeforeClientHangUp(t *testing.T) {
 		c.Conn.Write(tail)
 		io.Copy(io.Discard, c.Conn) // the client's close frame, then its FIN
 	}))
-	p, err := New([]string{backend})
+	p, err := New([]string{backend}, opts...)
 	require.NoError(t, err)
 	// Small socket buffers between the proxy and the client, so that the
 	// tail cannot fit in them.
@@ -74,7 +76,7 @@ func TestLastFramesBeforeClientHangUp(t *testing.T) {
 	require.NoError(t, err)
 	c, _, err := wstest.Handshake(ctx, conn, addr, "/", nil)
 	require.NoError(t, err)
-	defer c.Close()
+	t.Cleanup(func() { c.Close() })
 	tc := conn.(*net.TCPConn)
 	require.NoError(t, c.WriteMessage(wsframe.OpBinary, []byte("go")))
 	// Let the proxy read the tail and block writing it; then close and
@@ -82,20 +84,46 @@ func TestLastFramesBeforeClientHangUp(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 	require.NoError(t, c.WriteClose(4000, "done"))
 	require.NoError(t, tc.CloseWrite())
-	time.Sleep(100 * time.Millisecond)
+	return c, tc
+}
 
+// TestLastFramesBeforeClientHangUp: the proxy passes the backend's last
+// messages and close frame on before it ends the tunnel. It once tore the
+// tunnel down as soon as it had read both close frames, written or not:
+// the client lost the tail (and over HTTP/2, Chromium saw a reset stream).
+func TestLastFramesBeforeClientHangUp(t *testing.T) {
+	t.Parallel()
+	c, tc := hangUpWithTailPending(t)
+	time.Sleep(100 * time.Millisecond)
 	tc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	for i := range n {
+	for i := range hangUpN {
 		op, msg, err := c.ReadMessage()
-		require.NoError(t, err, "message %d of %d", i, n)
+		require.NoError(t, err, "message %d of %d", i, hangUpN)
 		require.Equal(t, byte(wsframe.OpBinary), op)
-		require.Equal(t, bytes.Repeat([]byte{byte(i)}, size), msg, "message %d", i)
+		require.Equal(t, hangUpMessage(i), msg, "message %d", i)
 	}
 	f, err := c.ReadFrame()
 	require.NoError(t, err, "the backend's close frame")
 	assert.Equal(t, byte(wsframe.OpClose), f.Op)
 	_, err = c.ReadFrame()
 	assert.ErrorIs(t, err, io.EOF, "then the proxy's FIN")
+}
+
+// TestHangUpWithoutReading: a client that hangs up after its close frame
+// and never reads gets the close timeout to take the rest, even with
+// half-closed tunnels kept open without limit; then the tunnel ends.
+func TestHangUpWithoutReading(t *testing.T) {
+	t.Parallel()
+	closed := make(chan CloseInfo, 1)
+	hangUpWithTailPending(t, WithCloseTimeout(200*time.Millisecond), WithHalfCloseTimeout(0),
+		WithHooks(Hooks{OnClose: func(ci CloseInfo) { closed <- ci }}))
+	select {
+	case ci := <-closed:
+		assert.Equal(t, 4000, ci.ClientToBackend.CloseCode)
+		assert.Less(t, ci.Duration, 5*time.Second)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the tunnel stayed open, its last write blocked")
+	}
 }
 
 // smallBufferListener gives accepted connections 4 KiB socket buffers.
