@@ -29,7 +29,8 @@ const hangUpN, hangUpSize = 100, 200
 
 func hangUpMessage(i int) []byte { return bytes.Repeat([]byte{byte(i)}, hangUpSize) }
 
-// hangUpWithTailPending sets up that state and returns the client.
+// hangUpWithTailPending sets up that state and returns the client, which
+// has read the first message.
 func hangUpWithTailPending(t *testing.T, opts ...Option) (*wstest.Conn, *net.TCPConn) {
 	t.Helper()
 	var tail []byte
@@ -79,9 +80,14 @@ func hangUpWithTailPending(t *testing.T, opts ...Option) (*wstest.Conn, *net.TCP
 	t.Cleanup(func() { c.Close() })
 	tc := conn.(*net.TCPConn)
 	require.NoError(t, c.WriteMessage(wsframe.OpBinary, []byte("go")))
-	// Let the proxy read the tail and block writing it; then close and
-	// hang up without reading.
-	time.Sleep(200 * time.Millisecond)
+	// The first message here means the proxy read the tail and is writing
+	// it, close frame included (one write: see pump.process); it blocks
+	// soon. Then close and hang up without reading on.
+	tc.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, msg, err := c.ReadMessage()
+	require.NoError(t, err)
+	require.Equal(t, hangUpMessage(0), msg)
+	time.Sleep(50 * time.Millisecond)
 	require.NoError(t, c.WriteClose(4000, "done"))
 	require.NoError(t, tc.CloseWrite())
 	return c, tc
@@ -96,7 +102,7 @@ func TestLastFramesBeforeClientHangUp(t *testing.T) {
 	c, tc := hangUpWithTailPending(t)
 	time.Sleep(100 * time.Millisecond)
 	tc.SetReadDeadline(time.Now().Add(5 * time.Second))
-	for i := range hangUpN {
+	for i := 1; i < hangUpN; i++ {
 		op, msg, err := c.ReadMessage()
 		require.NoError(t, err, "message %d of %d", i, hangUpN)
 		require.Equal(t, byte(wsframe.OpBinary), op)
