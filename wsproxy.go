@@ -48,9 +48,11 @@
 // the key it sent, choosing only a subprotocol and extensions the client
 // offered. Any other 101 is answered with 502 and the backend connection is
 // closed. Any other status (401, 403, 426, 500...) is relayed to the client
-// with its end-to-end headers and body, and the client connection is closed
-// afterwards: no tunnel, no second request (the "WebSocket smuggling" class
-// of bugs). A backend that cannot be reached gets 502, one that does not
+// with its end-to-end headers and body, streamed as it arrives, and the
+// client connection is closed afterwards: no tunnel, no second request (the
+// "WebSocket smuggling" class of bugs). A body the backend cuts short is
+// cut short for the client too (the handler panics with
+// http.ErrAbortHandler, as httputil.ReverseProxy does), never completed. A backend that cannot be reached gets 502, one that does not
 // answer in time 504.
 //
 // # Origin policy
@@ -405,13 +407,19 @@ func (p *Proxy) gate(w http.ResponseWriter, r *http.Request) (admission, bool) {
 // 500...) to the client as it is; the connection to the backend is never
 // reused.
 func (p *Proxy) refused(w http.ResponseWriter, r *http.Request, t *Target, resp *http.Response, back net.Conn, br *bufioReader) {
-	p.relay(w, r, resp, back)
+	cut := p.relay(w, r, resp, back)
 	putReader(br) // after the body, which is read through it
 	back.Close()
 	t.open.Add(-1)
 	p.rejected.Add(1)
-	p.notifyReject(r, &BackendError{Target: t.raw, Op: "upgrade", Status: resp.StatusCode,
-		Err: fmt.Errorf("%w: status %d", ErrUpgradeRefused, resp.StatusCode)})
+	err := fmt.Errorf("%w: status %d", ErrUpgradeRefused, resp.StatusCode)
+	if cut != nil {
+		err = fmt.Errorf("%w: status %d, body cut short: %w", ErrUpgradeRefused, resp.StatusCode, cut)
+	}
+	p.notifyReject(r, &BackendError{Target: t.raw, Op: "upgrade", Status: resp.StatusCode, Err: err})
+	if cut != nil {
+		abortResponse()
+	}
 }
 
 // connect picks a target, dials it and performs the backend handshake,
