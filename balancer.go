@@ -58,7 +58,7 @@ type Target struct {
 	health  targetHealth
 	removed atomic.Bool // dropped by SetTargets; open tunnels drain
 
-	stickyID string                    // its sticky cookie value; set before the target is published
+	stickyID string                     // its sticky cookie value; set before the target is published
 	retired  atomic.Pointer[retirement] // ends its HTTP requests when its drain timeout passes
 
 	// rrCurrent is the smooth weighted round-robin state, guarded by the
