@@ -850,7 +850,9 @@ func (p *Proxy) checkDrainedLocked() {
 // waits until every tunnel is closed. If ctx ends first, it closes the
 // remaining tunnels at once and returns ctx.Err(). It may be called more
 // than once, and together with http.Server.Shutdown, which does not see
-// hijacked connections.
+// hijacked connections. HTTP requests (WithHTTP) are not tunnels: they go on
+// being served, and http.Server.Shutdown waits for them; Close, or the end
+// of ctx, aborts those still in flight.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.stopBackground()
 	p.mu.Lock()
