@@ -660,7 +660,13 @@ func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, resp *http.Respons
 			if _, err := w.Write(buf[:n]); err != nil {
 				return nil // the client is gone: there is no one to tell
 			}
-			rc.Flush()
+			if err == nil {
+				// The last part is not flushed: the server sends it as the
+				// handler returns, so the client sees the end only once the
+				// proxy has given back what the request held (its admission
+				// place), and may try again at once.
+				rc.Flush()
+			}
 		}
 		switch {
 		case err == io.EOF:
