@@ -42,7 +42,7 @@ var (
 
 // errNotEndpoint is an HTTP/2 upgrade answered with a 2xx, which cannot be
 // relayed (it would tell the client its socket is open).
-var errNotEndpoint = fmt.Errorf("%w: a 2xx answer", ErrInvalidUpgrade)
+var errNotEndpoint = fmt.Errorf("%w (a 2xx, which HTTP/2 cannot relay)", ErrInvalidUpgrade)
 
 // warnLimiter decides which warnings are written.
 type warnLimiter struct {
