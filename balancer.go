@@ -43,7 +43,8 @@ type Target struct {
 	URL *url.URL
 	// Weight is the target's share for weighted policies. Default 1.
 	Weight int
-	// MaxConns caps the target's open tunnels; 0 means no cap.
+	// MaxConns caps the target's open connections: tunnels, handshakes in
+	// progress and HTTP requests in flight (WithHTTP); 0 means no cap.
 	MaxConns int
 	// Backup targets get tunnels only when no primary target can.
 	Backup bool

@@ -861,3 +861,30 @@ func TestOriginBehindTrustedProxy(t *testing.T) {
 	require.NotNil(t, resp)
 	assert.Equal(t, http.StatusForbidden, resp.StatusCode)
 }
+
+// Over HTTP/2 the pages and the RFC 8441 WebSocket share the cookie: the
+// 200 that opens a WebSocket sets it as a 101 does.
+func TestStickyCookieOverHTTP2(t *testing.T) {
+	t.Parallel()
+	a, b := newSiteBackend(t, "a"), newSiteBackend(t, "b")
+	f := newH2Fixture(t, []string{a.url, b.url}, WithHTTP(), WithStickyCookie(http.Cookie{Name: "lb"}))
+	req, _ := http.NewRequest("GET", f.url+"/", nil)
+	resp, err := f.tr.RoundTrip(req)
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, 2, resp.ProtoMajor)
+	home := resp.Header.Get("X-Backend")
+	set := resp.Header.Get("Set-Cookie")
+	require.NotEmpty(t, set)
+	cookie, _, _ := strings.Cut(set, ";")
+
+	for range 3 {
+		c, resp := f.mustDial(t, "/ws", http.Header{"Cookie": {cookie}})
+		assert.Equal(t, home, resp.Header.Get("X-Backend"))
+		assert.Empty(t, resp.Header.Values("Set-Cookie"))
+		c.Close()
+	}
+	c, resp := f.mustDial(t, "/ws", nil)
+	assert.Len(t, resp.Header.Values("Set-Cookie"), 1, "a WebSocket without the cookie gets one")
+	c.Close()
+}

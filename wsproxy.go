@@ -24,8 +24,21 @@
 // policy, pick a target, dial it, send the proxy's own upgrade request, check
 // the backend's 101, hijack the client connection, answer 101 and start the
 // tunnel. Nothing reaches a backend before the client's request passed every
-// check. A request that is not an upgrade at all gets 426, or goes to the
-// WithFallback handler.
+// check. A request that is not an upgrade at all gets 426, goes to the
+// WithFallback handler, or with WithHTTP to the targets.
+//
+// # Whole sites
+//
+// With WithHTTP the proxy serves a whole site from the same targets, as
+// nginx's `location / { proxy_pass http://app; ... }` does: pages, API
+// calls, long-polling and Server-Sent Events go through
+// net/http/httputil.ReverseProxy over a keep-alive http.Transport, with the
+// same target choice, health, draining, header rules and errors as
+// upgrades. WithStickyCookie keeps each client on the target that served it
+// first, for its HTTP requests and its upgrades alike, which realtime
+// libraries that start on long-polling (Socket.IO, SockJS, SignalR) need;
+// the cookie's value is the same on every proxy replica, so stickiness
+// holds across replicas without shared state.
 //
 // # Headers
 //
@@ -107,16 +120,17 @@
 //     onto the same empty target.
 //   - ConsistentHash(key): the same key (ClientIPKey, HeaderKey, CookieKey,
 //     QueryKey) always reaches the same target, for backends that keep a
-//     room or a session in memory. Rendezvous hashing with bounded loads
-//     (WithLoadFactor): replicas agree without sharing state, and a change
-//     of N targets moves about 1/N of the keys.
+//     room or a session in memory. Rendezvous hashing: replicas agree
+//     without sharing state, and a change of N targets moves about 1/N of
+//     the keys. WithLoadFactor adds a bound on loads, off by default.
 //
 // Whatever the policy, the proxy enforces the rest. Target parameters set
 // weight=N, max_conns=N (a full target is skipped; when all are, the client
 // gets 503) and backup (used only when no primary can take the tunnel).
 // Passive health (WithPassiveHealth, nginx max_fails=1 fail_timeout=10s)
 // takes a target whose dial or handshake failed out of rotation for a
-// cool-down, after which one request tries it again; WithHealthCheck adds
+// cool-down, after which one request tries it again (and when every target
+// is out by passive health alone, all are tried); WithHealthCheck adds
 // active probes with a real WebSocket handshake. A failed dial or backend
 // handshake is retried on another target (WithRetry, 3 tries), which is
 // safe because the client has received nothing yet; a backend's own
@@ -839,7 +853,9 @@ func (p *Proxy) checkDrainedLocked() {
 // waits until every tunnel is closed. If ctx ends first, it closes the
 // remaining tunnels at once and returns ctx.Err(). It may be called more
 // than once, and together with http.Server.Shutdown, which does not see
-// hijacked connections.
+// hijacked connections. HTTP requests (WithHTTP) are not tunnels: they go on
+// being served, and http.Server.Shutdown waits for them; Close, or the end
+// of ctx, aborts those still in flight.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.stopBackground()
 	p.mu.Lock()
