@@ -25,28 +25,38 @@
 //	wsproxy_bytes_total             counter  target, direction  bytes written to the receiving side, frame headers included
 //	wsproxy_messages_total          counter  target, direction  data messages forwarded
 //	wsproxy_target_healthy          gauge    target             1 while the target is in rotation
-//	wsproxy_target_draining         gauge    target             1 while a removed target still has tunnels
+//	wsproxy_target_draining         gauge    target             1 while a removed target still has tunnels or requests
+//	wsproxy_http_requests_active    gauge    target             HTTP requests in flight (WithHTTP)
+//	wsproxy_http_requests_total     counter  target             HTTP requests the target answered
+//	wsproxy_http_failures_total     counter  target             HTTP tries whose connection to the target failed
+//	wsproxy_affinity_total          counter  result             sticky cookie and hash key outcomes (Stats.Affinity)
 //
-// direction is "client_to_backend" or "backend_to_client".
+// direction is "client_to_backend" or "backend_to_client"; result is
+// "kept", "assigned", "unknown", "down", "full", "failed" or "spilled".
 //
 // From the hooks:
 //
-//	wsproxy_tunnel_duration_seconds  histogram  target          how long tunnels lived
-//	wsproxy_tunnels_closed_total     counter    target, reason  tunnels ended, by why
-//	wsproxy_close_codes_total        counter    side, code      close codes each side sent
-//	wsproxy_rejects_total            counter    status, reason  upgrade requests that did not become tunnels
+//	wsproxy_tunnel_duration_seconds        histogram  target                how long tunnels lived
+//	wsproxy_tunnels_closed_total           counter    target, reason        tunnels ended, by why
+//	wsproxy_close_codes_total              counter    side, code            close codes each side sent
+//	wsproxy_rejects_total                  counter    status, reason        requests refused or answered with an error
+//	wsproxy_http_responses_total           counter    target, method, code  HTTP requests proxied, by the status the client got
+//	wsproxy_http_request_duration_seconds  histogram  target                HTTP request durations
 //
 // Every label has a bounded set of values. For wsproxy_tunnels_closed_total,
-// reason is a wsproxy Reason constant (wsproxy.ReasonIdleTimeout is "idle
-// timeout"), "peer" when the peers ended the tunnel themselves, or "error"
-// when a network error did before the proxy gave a reason. For
-// wsproxy_close_codes_total, side is "client" or "backend" and code is the
-// close code, or "none" when that side sent no close frame (an abrupt end).
-// For wsproxy_rejects_total, status is the HTTP status the client got and
-// reason is one of RejectReasons. Series of a target that left the
-// proxy's Stats (removed and drained) are dropped one scrape after it left,
-// so discovery's churn (new pod addresses on every deploy) does not grow
-// the registry without bound.
+// reason is one of CloseReasons: a wsproxy Reason constant
+// (wsproxy.ReasonIdleTimeout is "idle timeout"), "peer" when the peers
+// ended the tunnel themselves, or "error" when a network error did before
+// the proxy gave a reason. For wsproxy_close_codes_total, side is "client"
+// or "backend" and code is the close code, or "none" when that side sent no
+// close frame (an abrupt end). For wsproxy_rejects_total, status is the
+// HTTP status the client got and reason is one of RejectReasons. For
+// wsproxy_http_responses_total, target is "none" when no target answered,
+// method is a standard method or "other", code is the status or "none"
+// when the client left before an answer. The hook series of a target that
+// left the proxy's Stats (removed and drained) are exported at one more
+// scrape, then dropped, so discovery's churn (new pod addresses on every
+// deploy) does not grow the registry without bound.
 package wsprom
 
 import (
@@ -70,6 +80,9 @@ type Options struct {
 	// DurationBuckets are the upper bounds of the tunnel duration
 	// histogram, in seconds. Default: DefaultDurationBuckets.
 	DurationBuckets []float64
+	// RequestDurationBuckets are those of the HTTP request duration
+	// histogram (WithHTTP). Default: prometheus.DefBuckets, 5ms to 10s.
+	RequestDurationBuckets []float64
 }
 
 // DefaultDurationBuckets span WebSocket lifetimes: a second to a day.
@@ -82,11 +95,14 @@ type Collector struct {
 	proxy atomic.Pointer[wsproxy.Proxy]
 
 	open, total, failures, bytes, messages, healthy, draining *prometheus.Desc
+	httpActive, httpRequests, httpFailures, affinity          *prometheus.Desc
 
 	duration   *prometheus.HistogramVec
 	closed     *prometheus.CounterVec
 	closeCodes *prometheus.CounterVec
 	rejects    *prometheus.CounterVec
+	responses  *prometheus.CounterVec
+	latency    *prometheus.HistogramVec
 
 	mu     sync.Mutex
 	missed map[string]int // by target of the hook series: scrapes in a row that did not find it in Stats
@@ -94,9 +110,12 @@ type Collector struct {
 
 // New returns a Collector.
 func New(opts Options) *Collector {
-	buckets := opts.DurationBuckets
+	buckets, reqBuckets := opts.DurationBuckets, opts.RequestDurationBuckets
 	if buckets == nil {
 		buckets = DefaultDurationBuckets
+	}
+	if reqBuckets == nil {
+		reqBuckets = prometheus.DefBuckets
 	}
 	desc := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(name, help, labels, opts.ConstLabels)
@@ -111,7 +130,12 @@ func New(opts Options) *Collector {
 		bytes:    desc("wsproxy_bytes_total", "Bytes written to the receiving side, frame headers included.", "target", "direction"),
 		messages: desc("wsproxy_messages_total", "Data messages forwarded.", "target", "direction"),
 		healthy:  desc("wsproxy_target_healthy", "1 while the target is in rotation.", "target"),
-		draining: desc("wsproxy_target_draining", "1 while a removed target still has tunnels.", "target"),
+		draining: desc("wsproxy_target_draining", "1 while a removed target still has tunnels or HTTP requests.", "target"),
+
+		httpActive:   desc("wsproxy_http_requests_active", "HTTP requests in flight to the target (WithHTTP).", "target"),
+		httpRequests: desc("wsproxy_http_requests_total", "HTTP requests the target answered (WithHTTP).", "target"),
+		httpFailures: desc("wsproxy_http_failures_total", "HTTP tries whose connection to the target failed (WithHTTP).", "target"),
+		affinity:     desc("wsproxy_affinity_total", "Requests with a sticky cookie or a hash key, by what became of their affinity.", "result"),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:        "wsproxy_tunnel_duration_seconds",
 			Help:        "How long tunnels lived.",
@@ -120,8 +144,15 @@ func New(opts Options) *Collector {
 		}, []string{"target"}),
 		closed:     counter("wsproxy_tunnels_closed_total", "Tunnels ended, by why: a wsproxy Reason, \"peer\" or \"error\".", "target", "reason"),
 		closeCodes: counter("wsproxy_close_codes_total", "Close codes sent by each side (\"none\" when a side sent no close frame).", "side", "code"),
-		rejects:    counter("wsproxy_rejects_total", "Upgrade requests that did not become tunnels, by HTTP status and reason.", "status", "reason"),
-		missed:     map[string]int{},
+		rejects:    counter("wsproxy_rejects_total", "Requests the proxy refused or answered with an error, by HTTP status and reason.", "status", "reason"),
+		responses:  counter("wsproxy_http_responses_total", "HTTP requests proxied with WithHTTP, by the status the client got (\"none\" if it left first).", "target", "method", "code"),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:        "wsproxy_http_request_duration_seconds",
+			Help:        "How long HTTP requests took, until the response body was passed on.",
+			ConstLabels: opts.ConstLabels,
+			Buckets:     reqBuckets,
+		}, []string{"target"}),
+		missed: map[string]int{},
 	}
 }
 
@@ -146,6 +177,18 @@ func (c *Collector) Hooks() wsproxy.Hooks {
 		},
 		OnReject: func(_ *http.Request, err error) {
 			c.rejects.WithLabelValues(strconv.Itoa(wsproxy.StatusCode(err)), RejectReason(err)).Inc()
+		},
+		OnRequest: func(ri wsproxy.RequestInfo) {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			target := ri.Target
+			if target == "" {
+				target = "none" // no target answered
+			} else {
+				c.missed[target] = 0
+			}
+			c.responses.WithLabelValues(target, methodLabel(ri.Method), codeLabel(ri.Status)).Inc()
+			c.latency.WithLabelValues(target).Observe(ri.Duration.Seconds())
 		},
 	}
 }
@@ -186,6 +229,17 @@ func closeReasonLabel(ci wsproxy.CloseInfo) string {
 	return "other"
 }
 
+// methodLabel bounds the method label: a client may send any token as a
+// method.
+func methodLabel(m string) string {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		return m
+	}
+	return "other"
+}
+
 func codeLabel(code int) string {
 	if code == 0 {
 		return "none"
@@ -211,6 +265,7 @@ var rejectReasons = []struct {
 	{wsproxy.ErrRewrite, "rewrite"},
 	{wsproxy.ErrDial, "dial"},
 	{wsproxy.ErrBackendHandshake, "backend_handshake"},
+	{wsproxy.ErrBackendRequest, "backend_request"},
 	{wsproxy.ErrInvalidUpgrade, "invalid_upgrade"},
 	{wsproxy.ErrUpgradeRefused, "backend_refused"},
 }
@@ -239,13 +294,18 @@ func RejectReason(err error) string {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.open, c.total, c.failures, c.bytes, c.messages, c.healthy, c.draining} {
+	for _, d := range []*prometheus.Desc{c.open, c.total, c.failures, c.bytes, c.messages, c.healthy, c.draining,
+		c.httpActive, c.httpRequests, c.httpFailures, c.affinity} {
 		ch <- d
 	}
-	c.duration.Describe(ch)
-	c.closed.Describe(ch)
-	c.closeCodes.Describe(ch)
-	c.rejects.Describe(ch)
+	for _, v := range c.vecs() {
+		v.Describe(ch)
+	}
+}
+
+// vecs are the metrics fed by the hooks.
+func (c *Collector) vecs() []prometheus.Collector {
+	return []prometheus.Collector{c.duration, c.closed, c.closeCodes, c.rejects, c.responses, c.latency}
 }
 
 // Collect implements prometheus.Collector.
@@ -257,12 +317,24 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			present[t.Target] = true
 			c.collectTarget(ch, t)
 		}
+		c.collectAffinity(ch, s.Affinity)
 		c.forgetGone(present)
 	}
-	c.duration.Collect(ch)
-	c.closed.Collect(ch)
-	c.closeCodes.Collect(ch)
-	c.rejects.Collect(ch)
+	for _, v := range c.vecs() {
+		v.Collect(ch)
+	}
+}
+
+func (c *Collector) collectAffinity(ch chan<- prometheus.Metric, a wsproxy.AffinityStats) {
+	for _, r := range []struct {
+		result string
+		n      int64
+	}{
+		{"kept", a.Kept}, {"assigned", a.Assigned}, {"unknown", a.Unknown}, {"down", a.Down},
+		{"full", a.Full}, {"failed", a.Failed}, {"spilled", a.Spilled},
+	} {
+		ch <- prometheus.MustNewConstMetric(c.affinity, prometheus.CounterValue, float64(r.n), r.result)
+	}
 }
 
 func (c *Collector) collectTarget(ch chan<- prometheus.Metric, t wsproxy.TargetStats) {
@@ -278,6 +350,9 @@ func (c *Collector) collectTarget(ch chan<- prometheus.Metric, t wsproxy.TargetS
 	metric(c.messages, prometheus.CounterValue, float64(t.BackendToClient.Messages), "backend_to_client")
 	metric(c.healthy, prometheus.GaugeValue, bool01(t.Healthy))
 	metric(c.draining, prometheus.GaugeValue, bool01(t.Draining))
+	metric(c.httpActive, prometheus.GaugeValue, float64(t.HTTPActive))
+	metric(c.httpRequests, prometheus.CounterValue, float64(t.HTTPRequests))
+	metric(c.httpFailures, prometheus.CounterValue, float64(t.HTTPFailures))
 }
 
 // forgetGone drops the hook series of targets that two scrapes in a row did
@@ -295,7 +370,9 @@ func (c *Collector) forgetGone(present map[string]bool) {
 			c.missed[t] = 1
 		default:
 			c.duration.DeleteLabelValues(t)
+			c.latency.DeleteLabelValues(t)
 			c.closed.DeletePartialMatch(prometheus.Labels{"target": t})
+			c.responses.DeletePartialMatch(prometheus.Labels{"target": t})
 			delete(c.missed, t)
 		}
 	}

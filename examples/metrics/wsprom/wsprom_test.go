@@ -7,6 +7,8 @@ import (
 	"go/ast"
 	"go/parser"
 	"go/token"
+	"io"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
@@ -35,7 +37,8 @@ func TestMain(m *testing.M) { leakcheck.Main(m) }
 // replace).
 const libraryDir = "../../.."
 
-// fixture is a proxy in front of an echo backend with a Collector
+// fixture is a proxy in front of a backend (an echo server for upgrades, a
+// page for other requests) with a Collector
 // registered in a pedantic registry (it checks Collect against Describe).
 type fixture struct {
 	p      *wsproxy.Proxy
@@ -46,7 +49,13 @@ type fixture struct {
 
 func newFixture(t *testing.T, opts ...wsproxy.Option) *fixture {
 	t.Helper()
-	backend := httptest.NewServer(wstest.EchoHandler())
+	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "" {
+			wstest.EchoHandler().ServeHTTP(w, r)
+			return
+		}
+		io.WriteString(w, "page")
+	}))
 	t.Cleanup(backend.Close)
 	target := "ws://" + backend.Listener.Addr().String()
 	c := New(Options{ConstLabels: prometheus.Labels{"proxy": "test"}})
@@ -330,4 +339,44 @@ func TestRemovedTargetSeriesDropped(t *testing.T) {
 	m = f.scrape(t)
 	assert.NotContains(t, m, closed)
 	assert.NotContains(t, m, duration)
+}
+
+// TestHTTPMetrics: requests proxied with WithHTTP, by target, method and
+// status, and one that no target answered.
+func TestHTTPMetrics(t *testing.T) {
+	f := newFixture(t, wsproxy.WithHTTP())
+	tl := fmt.Sprintf("target=%q", f.target)
+	page := "http" + strings.TrimPrefix(f.url, "ws")
+	for _, method := range []string{"GET", "GET", "BREW"} {
+		req, err := http.NewRequest(method, page+"/", nil)
+		require.NoError(t, err)
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusOK, resp.StatusCode)
+	}
+	m := f.scrape(t)
+	assert.Equal(t, 2.0, m[`wsproxy_http_responses_total{code="200",method="GET",`+tl+"}"])
+	assert.Equal(t, 1.0, m[`wsproxy_http_responses_total{code="200",method="other",`+tl+"}"], "a method outside the known set")
+	assert.Equal(t, 3.0, m["wsproxy_http_requests_total{"+tl+"}"])
+	assert.Equal(t, 0.0, m["wsproxy_http_requests_active{"+tl+"}"])
+	assert.Equal(t, 3.0, m["wsproxy_http_request_duration_seconds_count{"+tl+"}"])
+
+	// A backend that hangs up on every request: the client gets 502, with
+	// no target named as having answered.
+	hangUp := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if c, _, err := http.NewResponseController(w).Hijack(); err == nil {
+			c.Close()
+		}
+	}))
+	t.Cleanup(hangUp.Close)
+	require.NoError(t, f.p.SetTargets([]string{"ws://" + hangUp.Listener.Addr().String()}))
+	resp, err := http.Get(page + "/")
+	require.NoError(t, err)
+	resp.Body.Close()
+	assert.Equal(t, http.StatusBadGateway, resp.StatusCode)
+	m = f.scrape(t)
+	assert.Equal(t, 1.0, m[`wsproxy_http_responses_total{code="502",method="GET",target="none"}`])
+	assert.Equal(t, 1.0, m[`wsproxy_rejects_total{reason="backend_request",status="502"}`])
 }
