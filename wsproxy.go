@@ -675,7 +675,7 @@ func (p *Proxy) launch(r *http.Request, t *Target, client net.Conn, clientBuf []
 	}
 	tn.start(clientBuf, backBuf)
 	if shuttingDown {
-		go tn.politeClose(1001, 1001, "shutdown")
+		go tn.politeClose(1001, 1001, ReasonShutdown)
 	}
 	return tn
 }
@@ -830,6 +830,9 @@ func (p *Proxy) tunnelClosed(tn *tunnel, info CloseInfo) {
 		if info.Reason != "" {
 			attrs = append(attrs, "reason", info.Reason)
 		}
+		if info.Detail != "" {
+			attrs = append(attrs, "detail", info.Detail)
+		}
 		if info.Err != nil {
 			attrs = append(attrs, "err", info.Err)
 		}
@@ -873,7 +876,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.mu.Unlock()
 
 	for _, tn := range open {
-		go tn.politeClose(1001, 1001, "shutdown")
+		go tn.politeClose(1001, 1001, ReasonShutdown)
 	}
 	select {
 	case <-drained:
@@ -903,7 +906,7 @@ func (p *Proxy) Close() error {
 	}
 	for _, tn := range open {
 		tn.mu.Lock()
-		tn.setReasonLocked("shutdown")
+		tn.setReasonLocked(ReasonShutdown)
 		tn.mu.Unlock()
 		tn.teardown(nil)
 	}

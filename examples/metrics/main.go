@@ -1,5 +1,5 @@
 // Command metrics runs wsproxy in front of an echo backend and exports its
-// Stats and hooks to Prometheus on /metrics:
+// Stats and hooks to Prometheus on /metrics with package wsprom:
 //
 //	go run . -listen 127.0.0.1:8080
 //	curl -s 127.0.0.1:8080/metrics | grep wsproxy_
@@ -19,6 +19,7 @@ import (
 	"golang.org/x/net/websocket"
 
 	"github.com/wsproxy/wsproxy"
+	"github.com/wsproxy/wsproxy/examples/metrics/wsprom"
 )
 
 func main() {
@@ -43,7 +44,7 @@ func main() {
 
 // newServer wires a proxy, its collector and the /metrics endpoint.
 func newServer(targets []string) (http.Handler, *wsproxy.Proxy, error) {
-	collector := NewCollector()
+	collector := wsprom.New(wsprom.Options{})
 	p, err := wsproxy.New(targets, wsproxy.WithHooks(collector.Hooks()))
 	if err != nil {
 		return nil, nil, err
