@@ -5,6 +5,7 @@
 package echo
 
 import (
+	"log"
 	"net"
 	"net/http"
 	"time"
@@ -57,4 +58,18 @@ func Start(h http.Handler) (url string, stop func(), err error) {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go srv.Serve(ln)
 	return "ws://" + ln.Addr().String(), func() { srv.Close() }, nil
+}
+
+// OrBuiltIn returns backend when it is set. When it is empty, it starts
+// the built-in echo backend (Handler(greet)) and returns its URL, and stop
+// ends it.
+func OrBuiltIn(backend string, greet func(*http.Request) string) (url string, stop func(), err error) {
+	if backend != "" {
+		return backend, func() {}, nil
+	}
+	url, stop, err = Start(Handler(greet))
+	if err == nil {
+		log.Printf("no -backend given: built-in echo backend on %s", url)
+	}
+	return url, stop, err
 }
