@@ -57,12 +57,17 @@ func defaultLBConfig() lbConfig {
 
 // WithPassiveHealth sets how real traffic marks a target down, like nginx's
 // max_fails and fail_timeout. A failed dial, a handshake that fails or
-// times out, and an invalid 101 each count as a failure; a backend that
-// answers anything else is alive. After maxFails failures within window the
+// times out, an invalid 101, and an HTTP request (WithHTTP) whose
+// connection failed or that got no response in time each count as a
+// failure; a backend that answers anything else is alive. Upgrades and HTTP
+// requests share a target's health. After maxFails failures within window the
 // target gets no new tunnels for cooldown. Then exactly one request tries
 // it: success brings it back, failure starts another cool-down, so a dead
 // target costs at most one failed dial per cool-down. As in nginx, a proxy
-// with a single target never takes it out.
+// with a single target never takes it out, and when every target is out by
+// passive health alone they are all tried anyway, so that recovery costs
+// one request rather than a cool-down (active health checks, when on, still
+// keep the targets they found down out).
 // Default: 1 failure, 10s window, 10s cool-down. maxFails 0 turns passive
 // health off.
 func WithPassiveHealth(maxFails int, window, cooldown time.Duration) Option {
@@ -243,6 +248,12 @@ func (h *targetHealth) released() { h.trial.Store(false) }
 func (p *Proxy) reportFailure(t *Target, err error) {
 	t.stats.failures.Add(1)
 	p.failures.Add(1)
+	p.markFailed(t, err)
+}
+
+// markFailed counts a failure against t's passive health, HTTP requests'
+// and upgrades' alike: they share the target's health.
+func (p *Proxy) markFailed(t *Target, err error) {
 	if len(p.set.Load().all) == 1 {
 		return
 	}
