@@ -777,7 +777,10 @@ func (p *Proxy) debug() bool {
 
 func (p *Proxy) notifyReject(r *http.Request, err error) {
 	var be *BackendError
-	if errors.As(err, &be) && be.Status == 0 {
+	// A client that left during the backend handshake ended it itself:
+	// the backend did nothing wrong, and there is nothing to act on.
+	clientLeft := r.Context().Err() != nil
+	if errors.As(err, &be) && be.Status == 0 && !clientLeft {
 		p.log.Warn("wsproxy: backend failed", "target", be.Target, "remote_addr", r.RemoteAddr, "err", err)
 	} else if p.debug() {
 		p.log.Debug("wsproxy: upgrade rejected", "remote_addr", r.RemoteAddr, "path", r.URL.Path, "err", err)
