@@ -55,7 +55,7 @@ func WithDiscovery(r Resolver, interval time.Duration) Option {
 
 // WithDrainTimeout closes the tunnels of a target removed by SetTargets or
 // discovery d after its removal, politely, with close code 1001 and reason
-// "target removed" to both sides. Until then, and without a timeout, they
+// ReasonTargetRemoved ("target removed") to both sides. Until then, and without a timeout, they
 // keep running; Stats lists the target as Draining while any is open.
 // Default: 0, tunnels of removed targets run until they end.
 func WithDrainTimeout(d time.Duration) Option {
@@ -277,7 +277,7 @@ func (p *Proxy) retireLocked(old, cur *targetSet) {
 		}
 		var tm *time.Timer
 		if d := p.cfg.lb.drainTimeout; d > 0 && !p.lb.stopped {
-			tm = time.AfterFunc(d, func() { p.closeTunnelsTo(t, "target removed") })
+			tm = time.AfterFunc(d, func() { p.closeTunnelsTo(t, ReasonTargetRemoved) })
 		}
 		p.lb.draining[t] = tm
 	}

@@ -85,6 +85,11 @@ func (p *Proxy) alert(r *http.Request, err error) bool {
 	if errors.As(err, &be) {
 		target = be.Target
 	}
+	if be != nil && be.Status == 0 && r.Context().Err() != nil {
+		// The client left during the backend handshake and ended it
+		// itself: the backend did nothing wrong.
+		return false
+	}
 	switch {
 	case be != nil && be.Status != 0:
 		switch {

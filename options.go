@@ -105,7 +105,7 @@ func (c *config) checkCombinations() {
 		c.errorf("WithAllowedOrigins", "has no effect with WithInsecureSkipOriginCheck, which allows every origin")
 	}
 	if c.stickySecret != nil && c.sticky == nil {
-		c.errorf("WithStickySecret", "given without WithStickyCookie")
+		c.errorf("WithStickySecret", "has no effect without WithStickyCookie")
 	}
 	if c.sticky != nil {
 		c.sticky.secret = c.stickySecret

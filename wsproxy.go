@@ -8,13 +8,39 @@
 // long-lived connections, timeouts that never kill a quiet healthy tunnel,
 // and a Shutdown that closes tunnels politely with close frames.
 //
-//	p, err := wsproxy.New([]string{"ws://127.0.0.1:9001", "ws://127.0.0.1:9002"})
+// The body of a complete program (examples/quickstart, the README's Quick
+// start):
+//
+//	// The backends come from the command line: ws://10.0.0.1:9001 ws://10.0.0.2:9001
+//	p, err := wsproxy.New(os.Args[1:])
 //	if err != nil {
 //		log.Fatal(err)
 //	}
 //	mux := http.NewServeMux()
-//	mux.Handle("GET /ws", p)
-//	log.Fatal(http.ListenAndServe(":8080", mux))
+//	// No method in the pattern: browsers open WebSockets with GET over HTTP/1.1
+//	// but with CONNECT over HTTP/2 (RFC 8441), and "GET /ws" would answer those 405.
+//	mux.Handle("/ws", p)
+//	srv := &http.Server{Addr: "127.0.0.1:8080", Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+//	go func() {
+//		if err := srv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+//			log.Fatal(err)
+//		}
+//	}()
+//	log.Printf("listening on http://%s, WebSockets on /ws", srv.Addr)
+//
+//	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+//	defer stop()
+//	<-ctx.Done()
+//	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+//	defer cancel()
+//	// The proxy first: every tunnel gets close code 1001 and ends. The server
+//	// does not see hijacked tunnels, and would wait for HTTP/2 ones until ctx ends.
+//	if err := p.Shutdown(ctx); err != nil {
+//		log.Print(err)
+//	}
+//	if err := srv.Shutdown(ctx); err != nil {
+//		log.Print(err)
+//	}
 //
 // # The request path
 //
@@ -275,7 +301,6 @@ func New(targets []string, opts ...Option) (*Proxy, error) {
 	if err != nil {
 		cfg.errs = append(cfg.errs, err)
 	}
-	cfg.checkCombinations()
 	if len(cfg.errs) > 0 {
 		return nil, errors.Join(cfg.errs...)
 	}
@@ -693,7 +718,7 @@ func (p *Proxy) launch(r *http.Request, t *Target, client net.Conn, clientBuf []
 	}
 	tn.start(clientBuf, backBuf)
 	if shuttingDown {
-		go tn.politeClose(1001, 1001, "shutdown")
+		go tn.politeClose(1001, 1001, ReasonShutdown)
 	}
 	return tn
 }
@@ -845,6 +870,9 @@ func (p *Proxy) tunnelClosed(tn *tunnel, info CloseInfo) {
 		if info.Reason != "" {
 			attrs = append(attrs, "reason", info.Reason)
 		}
+		if info.Detail != "" {
+			attrs = append(attrs, "detail", info.Detail)
+		}
 		if info.Err != nil {
 			attrs = append(attrs, "err", info.Err)
 		}
@@ -888,7 +916,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.mu.Unlock()
 
 	for _, tn := range open {
-		go tn.politeClose(1001, 1001, "shutdown")
+		go tn.politeClose(1001, 1001, ReasonShutdown)
 	}
 	select {
 	case <-drained:
@@ -918,7 +946,7 @@ func (p *Proxy) Close() error {
 	}
 	for _, tn := range open {
 		tn.mu.Lock()
-		tn.setReasonLocked("shutdown")
+		tn.setReasonLocked(ReasonShutdown)
 		tn.mu.Unlock()
 		tn.teardown(nil)
 	}
