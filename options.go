@@ -92,17 +92,17 @@ func (c *config) errorf(option, format string, args ...any) {
 	c.errs = append(c.errs, fmt.Errorf("%w: %s: %s", ErrBadOption, option, fmt.Sprintf(format, args...)))
 }
 
-// checkCombinations reports options that contradict each other and
-// completes those that depend on others.
-func (c *config) checkCombinations() {
-	if c.http && c.fallback != nil {
-		c.errorf("WithHTTP", "cannot be combined with WithFallback: one serves the requests that are not upgrades, the other proxies them")
-	}
+// checkConflicts refuses options that are each valid but together do not
+// mean what the caller wrote: one of the two would be silently ignored.
+func (c *config) checkConflicts() {
 	if c.lb.retry5xx && c.lb.tries == 1 {
 		c.errorf("WithRetryOn5xx", "has no effect with WithRetry(1, ...): a 5xx answer could only be retried with a second try")
 	}
 	if c.anyOrigin && len(c.origins) > 0 {
 		c.errorf("WithAllowedOrigins", "has no effect with WithInsecureSkipOriginCheck, which allows every origin")
+	}
+	if c.http && c.fallback != nil {
+		c.errorf("WithHTTP", "cannot be combined with WithFallback: one serves the requests that are not upgrades, the other proxies them")
 	}
 	if c.stickySecret != nil && c.sticky == nil {
 		c.errorf("WithStickySecret", "has no effect without WithStickyCookie")

@@ -91,8 +91,9 @@
 // client connection is closed afterwards: no tunnel, no second request (the
 // "WebSocket smuggling" class of bugs). A body the backend cuts short is
 // cut short for the client too (the handler panics with
-// http.ErrAbortHandler, as httputil.ReverseProxy does), never completed. A backend that cannot be reached gets 502, one that does not
-// answer in time 504.
+// http.ErrAbortHandler, as httputil.ReverseProxy does), never completed. A
+// backend that cannot be reached gets 502, one that does not answer in time
+// 504.
 //
 // # Origin policy
 //
@@ -293,6 +294,7 @@ func New(targets []string, opts ...Option) (*Proxy, error) {
 		}
 		o.apply(&cfg)
 	}
+	cfg.checkConflicts()
 	var set *targetSet
 	targets, err := initialTargets(&cfg, targets)
 	if err == nil {
