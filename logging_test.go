@@ -176,6 +176,21 @@ func TestNotHijackableWarns(t *testing.T) {
 	require.Len(t, recs, 1)
 	assert.Equal(t, "HTTP/1.1", attrs(recs[0])["proto"].String())
 	assert.Equal(t, int64(1), p.Stats().NotHijackable)
+
+	logs2, logOpt2 := withRecorder()
+	f := newH2FixtureWith(t, func(s *http.Server) {
+		p := s.Handler
+		s.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			p.ServeHTTP(noUnwrap{w}, r)
+		})
+	}, []string{newEcho(t)}, logOpt2)
+	_, resp, err = f.dialH2(t, "/", nil)
+	require.NoError(t, err)
+	assert.Equal(t, http.StatusInternalServerError, resp.StatusCode)
+	recs = logs2.warnings("wsproxy: cannot take over the connection, upgrades refused with 500")
+	require.Len(t, recs, 1)
+	assert.Equal(t, "HTTP/2.0", attrs(recs[0])["proto"].String())
+	assert.Equal(t, int64(1), f.p.Stats().NotHijackable)
 }
 
 // TestBackendRefusalsWarnAndHealth: what a backend's non-101 answer does
