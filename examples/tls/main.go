@@ -194,7 +194,7 @@ func frontDoor(o options, h http.Handler) (https, plain *http.Server, err error)
 		m := acmeManager(o)
 		tlsConfig.GetCertificate = m.GetCertificate
 		tlsConfig.NextProtos = append(tlsConfig.NextProtos, acme.ALPNProto) // TLS-ALPN-01 challenges
-		redirect = m.HTTPHandler(redirect)                                   // HTTP-01 challenges
+		redirect = m.HTTPHandler(redirect)                                  // HTTP-01 challenges
 	case o.certFile != "":
 		cert, err := tls.LoadX509KeyPair(o.certFile, o.keyFile)
 		if err != nil {

@@ -137,7 +137,7 @@ func TestReadmeCommands(t *testing.T) {
 
 var backgroundRE = regexp.MustCompile(`^(.*?)\s*&\s*(#.*)?$`)
 
-var announceRE = regexp.MustCompile(`listening on ((?:https?|wss?)://[^\s,/]+)`)
+var announceRE = regexp.MustCompile(`listening on ((?:https?|wss?)://(?:\[[0-9a-f:]+\]|[\w.-]+)(?::\d+)?)`)
 
 // proc is one running command of a block.
 type proc struct {
