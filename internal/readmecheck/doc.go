@@ -27,5 +27,6 @@
 //	only=N           run the block's first N lines only (the others are said why in the README)
 //	skip="why"       run nothing: the block is not a command to copy as it is
 //
-// Every ```sh block must be marked, and every example must have one.
+// Every ```sh block must be marked, and every example must have one. The
+// test runs on Linux only: it finds the program under `go run` in /proc.
 package readmecheck

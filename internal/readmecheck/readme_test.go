@@ -1,3 +1,5 @@
+//go:build linux
+
 package readmecheck
 
 import (
@@ -13,7 +15,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -118,9 +119,6 @@ func parseBlocks(t *testing.T, file string) []block {
 }
 
 func TestReadmeCommands(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("stops a program under `go run` through /proc")
-	}
 	for _, file := range readmes(t) {
 		blocks := parseBlocks(t, file)
 		require.NotEmpty(t, blocks, "%s has no commands", file)
