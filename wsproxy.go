@@ -176,9 +176,10 @@
 // client and WithHandshakeRate limits how fast a client may open them (429),
 // all with Retry-After and checked before any backend is dialled. A client
 // is an IPv4 address or an IPv6 /64, found through WithTrustedProxies when
-// the proxy sits behind others. All three are off by default: behind a load
-// balancer the proxy is not told about, every client would share one
-// address. Slow clients are the http.Server's to cut: set ReadHeaderTimeout
+// the proxy sits behind others. The global cap is on by default, at what
+// the process's descriptor limit can hold (see WithMaxTunnels); the two
+// per-client limits are off by default: behind a load balancer the proxy is
+// not told about, every client would share one address. Slow clients are the http.Server's to cut: set ReadHeaderTimeout
 // (a few seconds) and MaxHeaderBytes; neither affects established tunnels.
 //
 // # Shutdown
@@ -279,9 +280,14 @@ type targetSet struct {
 // It validates every target and option and reports all problems at once.
 func New(targets []string, opts ...Option) (*Proxy, error) {
 	cfg := defaultConfig()
-	for _, o := range opts {
+	for i, o := range opts {
+		if o == nil {
+			cfg.errorf("New", "option %d is nil", i+1)
+			continue
+		}
 		o.apply(&cfg)
 	}
+	cfg.checkConflicts()
 	var set *targetSet
 	targets, err := initialTargets(&cfg, targets)
 	if err == nil {
@@ -290,7 +296,6 @@ func New(targets []string, opts ...Option) (*Proxy, error) {
 	if err != nil {
 		cfg.errs = append(cfg.errs, err)
 	}
-	cfg.checkCombinations()
 	if len(cfg.errs) > 0 {
 		return nil, errors.Join(cfg.errs...)
 	}
@@ -696,7 +701,7 @@ func (p *Proxy) launch(r *http.Request, t *Target, client net.Conn, clientBuf []
 	}
 	tn.start(clientBuf, backBuf)
 	if shuttingDown {
-		go tn.politeClose(1001, 1001, "shutdown")
+		go tn.politeClose(1001, 1001, ReasonShutdown)
 	}
 	return tn
 }
@@ -772,7 +777,10 @@ func (p *Proxy) debug() bool {
 
 func (p *Proxy) notifyReject(r *http.Request, err error) {
 	var be *BackendError
-	if errors.As(err, &be) && be.Status == 0 {
+	// A client that left during the backend handshake ended it itself:
+	// the backend did nothing wrong, and there is nothing to act on.
+	clientLeft := r.Context().Err() != nil
+	if errors.As(err, &be) && be.Status == 0 && !clientLeft {
 		p.log.Warn("wsproxy: backend failed", "target", be.Target, "remote_addr", r.RemoteAddr, "err", err)
 	} else if p.debug() {
 		p.log.Debug("wsproxy: upgrade rejected", "remote_addr", r.RemoteAddr, "path", r.URL.Path, "err", err)
@@ -846,10 +854,13 @@ func (p *Proxy) tunnelClosed(tn *tunnel, info CloseInfo) {
 	p.mu.Unlock()
 
 	if p.debug() {
-		attrs := []any{"target", info.Target, "remote_addr", info.RemoteAddr, "duration", info.Duration,
+		attrs := []any{"target", info.Target, "remote_addr", info.RemoteAddr, "path", info.Path, "duration", info.Duration,
 			"bytes_in", info.ClientToBackend.Bytes, "bytes_out", info.BackendToClient.Bytes}
 		if info.Reason != "" {
 			attrs = append(attrs, "reason", info.Reason)
+		}
+		if info.Detail != "" {
+			attrs = append(attrs, "detail", info.Detail)
 		}
 		if info.Err != nil {
 			attrs = append(attrs, "err", info.Err)
@@ -894,7 +905,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.mu.Unlock()
 
 	for _, tn := range open {
-		go tn.politeClose(1001, 1001, "shutdown")
+		go tn.politeClose(1001, 1001, ReasonShutdown)
 	}
 	select {
 	case <-drained:
@@ -924,7 +935,7 @@ func (p *Proxy) Close() error {
 	}
 	for _, tn := range open {
 		tn.mu.Lock()
-		tn.setReasonLocked("shutdown")
+		tn.setReasonLocked(ReasonShutdown)
 		tn.mu.Unlock()
 		tn.teardown(nil)
 	}

@@ -1,5 +1,5 @@
 // Command metrics runs wsproxy in front of an echo backend and exports its
-// Stats and hooks to Prometheus on /metrics:
+// Stats and hooks to Prometheus on /metrics with package wsprom:
 //
 //	go run . -listen 127.0.0.1:8080
 //	curl -s 127.0.0.1:8080/metrics | grep wsproxy_
@@ -24,6 +24,7 @@ import (
 
 	"github.com/wsproxy/wsproxy"
 	"github.com/wsproxy/wsproxy/examples/internal/echo"
+	"github.com/wsproxy/wsproxy/examples/metrics/wsprom"
 )
 
 func main() {
@@ -62,7 +63,7 @@ func main() {
 
 // newServer wires a proxy, its collector and the /metrics endpoint.
 func newServer(targets []string) (http.Handler, *wsproxy.Proxy, error) {
-	collector := NewCollector()
+	collector := wsprom.New(wsprom.Options{})
 	p, err := wsproxy.New(targets, wsproxy.WithHooks(collector.Hooks()))
 	if err != nil {
 		return nil, nil, err
