@@ -53,10 +53,13 @@ type Target struct {
 	tls  bool
 	hash uint64 // FNV-1a of the URL alone, so a weight change moves no hashed key
 
-	open    atomic.Int64 // open tunnels, including handshakes in progress
+	open    atomic.Int64 // open tunnels, handshakes in progress and HTTP requests in flight
 	stats   targetCounters
 	health  targetHealth
 	removed atomic.Bool // dropped by SetTargets; open tunnels drain
+
+	stickyID string                    // its sticky cookie value; set before the target is published
+	retired  atomic.Pointer[retirement] // ends its HTTP requests when its drain timeout passes
 
 	// rrCurrent is the smooth weighted round-robin state, guarded by the
 	// round-robin balancer's mutex.
@@ -71,13 +74,18 @@ type targetCounters struct {
 	bytesOut atomic.Int64 // backend to client, closed tunnels
 	msgsIn   atomic.Int64
 	msgsOut  atomic.Int64
+
+	httpActive   atomic.Int64 // HTTP requests in flight (WithHTTP)
+	httpRequests atomic.Int64 // HTTP requests answered by the target
+	httpFailures atomic.Int64 // HTTP requests whose connection to it failed
 }
 
 // String returns the target string, parameters included.
 func (t *Target) String() string { return t.raw }
 
-// Open returns the number of tunnels open to the target now, handshakes in
-// progress included.
+// Open returns the number of connections open to the target now: tunnels,
+// handshakes in progress and HTTP requests in flight (WithHTTP). It is what
+// max_conns caps and what LeastConn and PowerOfTwo compare.
 func (t *Target) Open() int { return int(t.open.Load()) }
 
 // full reports whether the target is at its connection cap.
@@ -271,8 +279,11 @@ func (f hashOptionFunc) applyHash(h *consistentHash) { f(h) }
 // while its open tunnels are below ceil(f × (open+1) × weight / total
 // weight), counted over the candidates. Lower values spread a hot key sooner
 // and keep fewer keys in place; 1 allows no target above its share.
-// Default: 1.25. Zero turns the bound off; other values below 1 make New
-// fail.
+// Keys that spill no longer reach the same target on every replica, and a
+// client may move between its page loads; for session affinity keep the
+// bound off (AffinityStats.Spilled counts the keys it moved).
+// Default: 0, no bound (as HAProxy's hash-balance-factor and nginx's hash).
+// Other values below 1 make New fail.
 func WithLoadFactor(f float64) HashOption {
 	return hashOptionFunc(func(h *consistentHash) {
 		if f != 0 && !(f >= 1 && f <= 1e6) {
@@ -294,12 +305,12 @@ func WithLoadFactor(f float64) HashOption {
 // depends only on the key and the target URL, so proxy replicas agree
 // without talking to each other, and adding or removing one of N targets
 // moves only the keys that belong to it, about 1/N of them. The load bound
-// (WithLoadFactor) keeps a hot key from overloading one target: when the
-// first choice is above its bound the key goes to its second choice, and so
-// on. Replicas then no longer agree for the spilled keys, which is the price
-// of the bound; WithLoadFactor(0) removes it.
+// (WithLoadFactor, off by default) keeps a hot key from overloading one
+// target: when the first choice is above its bound the key goes to its
+// second choice, and so on. Replicas then no longer agree for the spilled
+// keys, which is the price of the bound.
 func ConsistentHash(key func(*http.Request) string, opts ...HashOption) Balancer {
-	h := &consistentHash{key: key, factor: 1.25}
+	h := &consistentHash{key: key}
 	if key == nil {
 		h.err = errors.New("nil key function")
 	}
@@ -362,6 +373,26 @@ func (h *consistentHash) Pick(r *http.Request, targets []*Target) *Target {
 	return best
 }
 
+// home is the key's first choice among targets, ignoring loads, or nil for
+// a request without a key.
+func (h *consistentHash) home(r *http.Request, targets []*Target) *Target {
+	k := h.key(r)
+	if k == "" {
+		return nil
+	}
+	kh := fnv1a(fnvOffset, k)
+	var (
+		best      *Target
+		bestScore float64
+	)
+	for _, t := range targets {
+		if s := hrwScore(kh, t); best == nil || s > bestScore {
+			best, bestScore = t, s
+		}
+	}
+	return best
+}
+
 // hrwScore is the weighted rendezvous score of a key hash for a target:
 // w / -ln(u) with u uniform in (0, 1), which makes the probability that a
 // target wins proportional to its weight.
@@ -395,19 +426,13 @@ func mix64(x uint64) uint64 {
 	return x
 }
 
-// ClientIPKey keys requests by the IP address of the connection's peer, the
-// host part of http.Request.RemoteAddr. Behind another proxy or a load
-// balancer that is the proxy's address, not the client's: use
-// HeaderKey("X-Real-Ip") or your own function there, and only when that
-// header is set by a proxy you trust.
+// ClientIPKey keys requests by the client's address: its IPv4 address or
+// its IPv6 /64 (one host usually holds a whole /64 and rotates addresses
+// inside it). Behind proxies listed by WithTrustedProxies it is the client
+// found through X-Forwarded-For, the same client the admission limits
+// count, so that behind a load balancer clients do not all hash alike.
 func ClientIPKey() func(*http.Request) string {
-	return func(r *http.Request) string {
-		host, _, err := net.SplitHostPort(r.RemoteAddr)
-		if err != nil {
-			return r.RemoteAddr
-		}
-		return host
-	}
+	return clientKey
 }
 
 // HeaderKey keys requests by the first value of a request header, for

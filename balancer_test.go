@@ -211,7 +211,7 @@ func TestConsistentHashLoadBound(t *testing.T) {
 		give    float64
 		wantMax int
 	}{
-		{name: "default 1.25", give: 1.25, wantMax: 13},      // ceil(1.25 * 20 / 2)
+		{name: "1.25", give: 1.25, wantMax: 13},              // ceil(1.25 * 20 / 2)
 		{name: "strict 1", give: 1, wantMax: 10},             // fair share exactly
 		{name: "no bound", give: 0, wantMax: 20},             // the hot key stays put
 		{name: "loose 1.5 of three", give: 1.5, wantMax: 10}, // three targets, see below
@@ -322,7 +322,9 @@ func TestKeyFunctions(t *testing.T) {
 		want string
 	}{
 		{name: "client ip", key: ClientIPKey(), give: req(nil), want: "192.0.2.7"},
-		{name: "client ipv6", key: ClientIPKey(), give: req(func(r *http.Request) { r.RemoteAddr = "[2001:db8::1]:80" }), want: "2001:db8::1"},
+		{name: "client ipv6", key: ClientIPKey(), give: req(func(r *http.Request) { r.RemoteAddr = "[2001:db8::1]:80" }), want: "2001:db8::/64"},
+		{name: "client ipv6 mapped ipv4", key: ClientIPKey(), give: req(func(r *http.Request) { r.RemoteAddr = "[::ffff:192.0.2.9]:80" }), want: "192.0.2.9"},
+		{name: "unix socket peer", key: ClientIPKey(), give: req(func(r *http.Request) { r.RemoteAddr = "@" }), want: "@"},
 		{name: "header", key: HeaderKey("x-tenant"), give: req(func(r *http.Request) { r.Header.Add("X-Tenant", "acme") }), want: "acme"},
 		{name: "missing header", key: HeaderKey("X-Tenant"), give: req(nil), want: ""},
 		{name: "cookie", key: CookieKey("sid"), give: req(func(r *http.Request) { r.Header.Set("Cookie", "a=1; sid=xyz; b=2") }), want: "xyz"},

@@ -234,6 +234,7 @@ func (p *Proxy) retireLocked(old, cur *targetSet) {
 		}
 		t.removed.Store(false)
 	}
+	gone := false
 	for _, t := range old.all {
 		if in[t] {
 			continue
@@ -241,6 +242,7 @@ func (p *Proxy) retireLocked(old, cur *targetSet) {
 		// pick checks removed after taking a slot, so a tunnel is either
 		// refused there or counted in Open here.
 		t.removed.Store(true)
+		gone = true
 		if t.Open() == 0 {
 			continue
 		}
@@ -252,6 +254,9 @@ func (p *Proxy) retireLocked(old, cur *targetSet) {
 	}
 	if len(cur.all) == 1 {
 		cur.all[0].health.succeeded() // a lone target is never passively down
+	}
+	if p.http != nil && gone {
+		p.http.tr.CloseIdleConnections() // keep-alive connections to removed targets
 	}
 	p.pruneDrainingLocked()
 }
@@ -286,6 +291,7 @@ func (p *Proxy) closeTunnelsTo(t *Target, reason string) {
 	if !t.removed.Load() {
 		return // added back since the timer was armed
 	}
+	t.retire()
 	p.mu.Lock()
 	var open []*tunnel
 	for tn := range p.tunnels.all() {

@@ -50,6 +50,9 @@ var (
 	// ErrBackendHandshake: the backend did not answer the upgrade with a
 	// valid response in time or at all (502, or 504 on timeout).
 	ErrBackendHandshake = errors.New("wsproxy: backend handshake failed")
+	// ErrBackendRequest: an HTTP request (WithHTTP) reached the backend but
+	// got no response, or not in time (502, or 504 on timeout).
+	ErrBackendRequest = errors.New("wsproxy: backend request failed")
 	// ErrInvalidUpgrade: the backend answered 101 but the response fails a
 	// check of RFC 6455 §4.1 (Upgrade, Connection, Sec-WebSocket-Accept,
 	// subprotocol or extension not offered). The proxy does not tunnel (502).
@@ -60,7 +63,8 @@ var (
 )
 
 // BackendError is a failure talking to one target, before any byte was
-// tunnelled. Op is "dial", "handshake" or "upgrade".
+// tunnelled or answered. Op is "dial", "handshake" or "upgrade", and
+// "request" for an HTTP request (WithHTTP) that reached the backend.
 type BackendError struct {
 	Target string
 	Op     string

@@ -100,7 +100,8 @@ func (p *Proxy) serveH2(w http.ResponseWriter, r *http.Request) {
 func (p *Proxy) openH2(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, slot *admission) (*tunnel, *h2Conn) {
 	defer p.leave()
 
-	t, back, resp, br, err := p.connect(h2BackendView(r))
+	var aff affinity
+	t, back, resp, br, err := p.connect(h2BackendView(r), &aff)
 	if err != nil {
 		p.reject(w, r, err)
 		return nil, nil
@@ -121,6 +122,7 @@ func (p *Proxy) openH2(w http.ResponseWriter, r *http.Request, rc *http.Response
 		return nil, nil
 	}
 
+	p.stick(r, &aff, t, resp.Header)
 	backBuf := buffered(br)
 	putReader(br)
 	back.SetDeadline(time.Time{})

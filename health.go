@@ -243,6 +243,12 @@ func (h *targetHealth) released() { h.trial.Store(false) }
 func (p *Proxy) reportFailure(t *Target, err error) {
 	t.stats.failures.Add(1)
 	p.failures.Add(1)
+	p.markFailed(t, err)
+}
+
+// markFailed counts a failure against t's passive health, HTTP requests'
+// and upgrades' alike: they share the target's health.
+func (p *Proxy) markFailed(t *Target, err error) {
 	if len(p.set.Load().all) == 1 {
 		return
 	}

@@ -20,6 +20,10 @@ type Hooks struct {
 	OnReject func(r *http.Request, err error)
 	// OnClose is called once per tunnel, after both connections are closed.
 	OnClose func(CloseInfo)
+	// OnRequest is called once per HTTP request proxied with WithHTTP, when
+	// its response was passed on or broke. Requests the proxy answered with
+	// an error also reach OnReject.
+	OnRequest func(RequestInfo)
 }
 
 func (h Hooks) join(o Hooks) Hooks {
@@ -27,6 +31,7 @@ func (h Hooks) join(o Hooks) Hooks {
 		OnUpgrade: join1(h.OnUpgrade, o.OnUpgrade),
 		OnReject:  join2(h.OnReject, o.OnReject),
 		OnClose:   join1(h.OnClose, o.OnClose),
+		OnRequest: join1(h.OnRequest, o.OnRequest),
 	}
 }
 
@@ -99,12 +104,20 @@ type Stats struct {
 	Failures        int64 // backend dial and handshake failures
 	ClientToBackend Traffic
 	BackendToClient Traffic
-	Targets         []TargetStats
+	// HTTPRequests counts requests proxied with WithHTTP; HTTPFailures those
+	// of them the proxy answered with an error (502, 503, 504) because no
+	// target answered.
+	HTTPRequests int64
+	HTTPFailures int64
+	// Affinity says where requests with a sticky cookie or a hash key went.
+	Affinity AffinityStats
+	Targets  []TargetStats
 }
 
 // TargetStats is the part of Stats for one target.
 type TargetStats struct {
-	Target          string
+	Target string
+	// Open counts tunnels, handshakes in progress included.
 	Open            int
 	Total           int64
 	Failures        int64
@@ -115,6 +128,12 @@ type TargetStats struct {
 	// target out of rotation.
 	Healthy bool
 	// Draining is true for a target removed by SetTargets whose tunnels
-	// are still open.
+	// or HTTP requests are still open.
 	Draining bool
+	// HTTPActive counts the HTTP requests in flight to the target,
+	// HTTPRequests those it answered, HTTPFailures the tries whose
+	// connection to it failed (WithHTTP).
+	HTTPActive   int
+	HTTPRequests int64
+	HTTPFailures int64
 }

@@ -39,6 +39,10 @@ type config struct {
 	trustedProxies []netip.Prefix
 	rewrite        func(*ProxyRequest)
 	fallback       http.Handler
+	http           bool          // WithHTTP
+	respTimeout    time.Duration // WithResponseHeaderTimeout
+	sticky         *sticky       // WithStickyCookie
+	stickySecret   []byte        // WithStickySecret
 	errorHandler   func(http.ResponseWriter, *http.Request, error)
 	logger         *slog.Logger
 	hooks          Hooks
@@ -68,6 +72,7 @@ const (
 	defaultMaxRespHeader    = 16 << 10
 	defaultCloseTimeout     = 2 * time.Second
 	defaultHalfCloseTimeout = 30 * time.Second
+	defaultRespTimeout      = 60 * time.Second
 )
 
 func defaultConfig() config {
@@ -77,6 +82,7 @@ func defaultConfig() config {
 		maxRespHeader:    defaultMaxRespHeader,
 		closeTimeout:     defaultCloseTimeout,
 		halfCloseTimeout: defaultHalfCloseTimeout,
+		respTimeout:      defaultRespTimeout,
 		lb:               defaultLBConfig(),
 		maxTunnels:       descriptorCap(),
 	}
@@ -84,6 +90,23 @@ func defaultConfig() config {
 
 func (c *config) errorf(option, format string, args ...any) {
 	c.errs = append(c.errs, fmt.Errorf("%w: %s: %s", ErrBadOption, option, fmt.Sprintf(format, args...)))
+}
+
+// checkCombinations reports options that contradict each other and
+// completes those that depend on others.
+func (c *config) checkCombinations() {
+	if c.http && c.fallback != nil {
+		c.errorf("WithHTTP", "cannot be combined with WithFallback: one serves the requests that are not upgrades, the other proxies them")
+	}
+	if c.stickySecret != nil && c.sticky == nil {
+		c.errorf("WithStickySecret", "given without WithStickyCookie")
+	}
+	if c.sticky != nil {
+		c.sticky.secret = c.stickySecret
+		if c.sticky.secret == nil {
+			c.sticky.secret = defaultStickySecret
+		}
+	}
 }
 
 func durationOption(name string, d time.Duration, set func(*config)) Option {
@@ -261,6 +284,102 @@ func WithFallback(h http.Handler) Option {
 			return
 		}
 		c.fallback = h
+	})
+}
+
+// WithHTTP proxies requests that are not WebSocket upgrades to the same
+// targets, so that one route serves a whole site: pages, API calls,
+// long-polling and Server-Sent Events, and its sockets (nginx's `location /
+// { proxy_pass http://app; ... }` with `upstream app`). Requests are chosen
+// a target as upgrades are (the policy, weights, max_conns, backups, health,
+// discovery, draining and the sticky cookie), get the same header rules
+// (hop-by-hop headers dropped first, X-Forwarded-* and WithTrustedProxies,
+// the client's Host unless WithTargetHost, WithRewrite) and the same errors
+// (502, 503, 504, WithErrorHandler, Hooks.OnReject). They go through
+// net/http/httputil.ReverseProxy over an http.Transport that keeps
+// connections to the backends alive, dialled with WithDialer, WithTLSConfig
+// and WithDialTimeout. Responses stream: Server-Sent Events and chunked
+// bodies reach the client as they arrive.
+//
+// A request whose connection to a target failed before it was sent is tried
+// on another target (WithRetry); one already sent is retried only if its
+// method is idempotent and it has no body; nothing is retried once the
+// client got response headers (nginx's proxy_next_upstream error timeout).
+// Requests to upgrade to other protocols (h2c) are served as plain HTTP and
+// never upgraded; CONNECT gets 405. It cannot be combined with WithFallback.
+// Default: off; requests that are not upgrades get 426 or the fallback.
+func WithHTTP() Option {
+	return optionFunc(func(c *config) { c.http = true })
+}
+
+// WithResponseHeaderTimeout bounds the wait for a backend's response
+// headers to an HTTP request (WithHTTP), from the moment the request was
+// written (nginx's proxy_read_timeout, for the headers). A backend that does
+// not answer in time gets the client 504. Long-polling endpoints hold a
+// request open for tens of seconds (Socket.IO: 25s by default), so keep it
+// above theirs. Response bodies are not bounded: a stream may last.
+// Default: 60s. Zero means no limit.
+func WithResponseHeaderTimeout(d time.Duration) Option {
+	return durationOption("WithResponseHeaderTimeout", d, func(c *config) { c.respTimeout = d })
+}
+
+// WithStickyCookie keeps a client on the target that served it first, by a
+// cookie the proxy sets (HAProxy's `cookie SERVERID insert`), for upgrades
+// and HTTP requests alike: what realtime libraries that start on
+// long-polling (Socket.IO, SockJS, SignalR) need. A request whose cookie
+// names a target that can take it (in the set, healthy, under max_conns,
+// not draining) goes there whatever the policy; otherwise the policy
+// chooses, and the answer (the HTTP response, the 101 or the HTTP/2 200)
+// sets the cookie, beside the backend's own Set-Cookie headers. The cookie
+// never reaches the backends.
+//
+// c gives the cookie's Name (required), Path (empty means "/"), Domain,
+// MaxAge or Expires (none: a session cookie), Secure, HttpOnly and
+// SameSite; the proxy sets Value. The value names a target by an HMAC of its
+// URL (see WithStickySecret): it does not reveal the address, it is the
+// same on every proxy replica given the same targets, a target keeps it
+// across SetTargets and discovery, and a value that names no target is
+// treated as no cookie. Stats.Affinity counts the requests that could not
+// stay, by cause.
+// Default: no sticky cookie.
+func WithStickyCookie(c http.Cookie) Option {
+	return optionFunc(func(cfg *config) {
+		if c.Path == "" {
+			c.Path = "/"
+		}
+		if c.Value != "" {
+			cfg.errorf("WithStickyCookie", "Value %q is set by the proxy; leave it empty", c.Value)
+			return
+		}
+		probe := c
+		probe.Value = "x"
+		if c.Name == "" {
+			cfg.errorf("WithStickyCookie", "empty cookie Name")
+			return
+		}
+		if err := probe.Valid(); err != nil {
+			cfg.errorf("WithStickyCookie", "%v", err)
+			return
+		}
+		cfg.sticky = &sticky{cookie: c}
+	})
+}
+
+// WithStickySecret keys the sticky cookie's value (WithStickyCookie): an
+// HMAC-SHA256 of the target URL with secret. Give every replica of a proxy
+// fleet the same secret. Without one, values use a key that is public in
+// this source, so replicas agree with no set-up but a client who guesses a
+// backend's URL can confirm the guess; set a secret of 16 bytes or more
+// where backend addresses must stay private. Changing it moves every client
+// once.
+// Default: the built-in key.
+func WithStickySecret(secret []byte) Option {
+	return optionFunc(func(c *config) {
+		if len(secret) < 16 {
+			c.errorf("WithStickySecret", "secret of %d bytes, want at least 16", len(secret))
+			return
+		}
+		c.stickySecret = append([]byte(nil), secret...)
 	})
 }
 

@@ -117,7 +117,7 @@ func (p *Proxy) checkOrigin(r *http.Request) error {
 	scheme := strings.ToLower(u.Scheme)
 	host, port := strings.ToLower(u.Hostname()), normalizePort(u.Port())
 
-	reqHost, reqPort := splitHostPort(r.Host)
+	reqHost, reqPort := splitHostPort(p.browserHost(r))
 	if host == strings.ToLower(reqHost) && port == normalizePort(reqPort) {
 		return nil
 	}
@@ -126,5 +126,19 @@ func (p *Proxy) checkOrigin(r *http.Request) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("%w: %s is not %s", ErrOriginDenied, origin, r.Host)
+	return fmt.Errorf("%w: %s is not %s", ErrOriginDenied, origin, p.browserHost(r))
+}
+
+// browserHost is the host the browser asked for: the request's Host or,
+// from a trusted proxy that rewrote it, the first X-Forwarded-Host. A page
+// cannot set that header on a WebSocket, so it cannot forge its way past
+// the check through a visitor's browser.
+func (p *Proxy) browserHost(r *http.Request) string {
+	if v := r.Header["X-Forwarded-Host"]; len(v) > 0 && p.trustedPeer(r) {
+		first, _, _ := strings.Cut(v[0], ",")
+		if first = strings.TrimSpace(first); first != "" {
+			return first
+		}
+	}
+	return r.Host
 }

@@ -216,6 +216,9 @@ func (p *Proxy) backendHeader(r *http.Request) http.Header {
 	}
 	p.setOwnHeaders(h, r.Header.Get("Sec-Websocket-Key"))
 	p.setForwarded(h, r, trusted)
+	if s := p.cfg.sticky; s != nil {
+		stripCookie(h, s.cookie.Name)
+	}
 	return h
 }
 

@@ -209,6 +209,10 @@ type Proxy struct {
 	closedUp, closedDown      trafficCounters
 
 	lb lbState // health checks, discovery, draining targets
+
+	http                    *httpProxy // WithHTTP
+	httpTotal, httpFailures atomic.Int64
+	affinity                affinityCounters
 }
 
 type proxyState int
@@ -225,9 +229,10 @@ type trafficCounters struct {
 
 // targetSet is an immutable snapshot of the targets; SetTargets swaps it.
 type targetSet struct {
-	all     []*Target
-	primary []*Target
-	backup  []*Target
+	all      []*Target
+	primary  []*Target
+	backup   []*Target
+	byCookie map[string]*Target // sticky cookie values (WithStickyCookie)
 }
 
 // New returns a proxy for the given targets (see Target for their syntax).
@@ -245,6 +250,7 @@ func New(targets []string, opts ...Option) (*Proxy, error) {
 	if err != nil {
 		cfg.errs = append(cfg.errs, err)
 	}
+	cfg.checkCombinations()
 	if len(cfg.errs) > 0 {
 		return nil, errors.Join(cfg.errs...)
 	}
@@ -261,7 +267,11 @@ func New(targets []string, opts ...Option) (*Proxy, error) {
 	}
 	p.limits.cfg = &p.cfg
 	p.ctx, p.cancel = context.WithCancel(context.Background())
+	p.indexSticky(set)
 	p.set.Store(set)
+	if cfg.http {
+		p.http = newHTTPProxy(p)
+	}
 	p.startBackground()
 	return p, nil
 }
@@ -329,6 +339,7 @@ func (p *Proxy) SetTargets(targets []string) error {
 	if err != nil {
 		return err
 	}
+	p.indexSticky(set)
 	p.set.Store(set)
 	p.retireLocked(old, set)
 	return nil
@@ -345,7 +356,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.serveFallback(w, r)
 		return
 	case otherUpgrade:
-		p.serveFallback(w, stripUpgrade(r))
+		p.serveFallback(w, stripUpgrade(r)) // never upgraded
 		return
 	}
 	if err := checkClientRequest(r); err != nil {
@@ -367,7 +378,8 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer p.leave()
 
-	t, conn, resp, br, err := p.connect(r)
+	var aff affinity
+	t, conn, resp, br, err := p.connect(r, &aff)
 	if err != nil {
 		p.reject(w, r, err)
 		return
@@ -376,6 +388,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.refused(w, r, t, resp, conn, br)
 		return
 	}
+	p.stick(r, &aff, t, resp.Header)
 	p.open(w, r, t, conn, resp, br, &slot)
 }
 
@@ -413,7 +426,7 @@ func (p *Proxy) refused(w http.ResponseWriter, r *http.Request, t *Target, resp 
 // before the client got a byte. On success it returns a response that is
 // either a valid 101 or a non-101 to relay; the target's open count was
 // taken and must be given back if no tunnel results.
-func (p *Proxy) connect(r *http.Request) (*Target, net.Conn, *http.Response, *bufioReader, error) {
+func (p *Proxy) connect(r *http.Request, aff *affinity) (*Target, net.Conn, *http.Response, *bufioReader, error) {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	stop := context.AfterFunc(p.ctx, cancel)
@@ -426,7 +439,7 @@ func (p *Proxy) connect(r *http.Request) (*Target, net.Conn, *http.Response, *bu
 		lastErr error
 	)
 	for try := 1; ; try++ {
-		t, err := p.pick(r, tried)
+		t, err := p.pick(r, tried, aff)
 		if err != nil {
 			if lastErr != nil {
 				// Every target left failed this request: say why the last did.
@@ -494,11 +507,29 @@ func (p *Proxy) attempt(ctx context.Context, r *http.Request, t *Target) (net.Co
 
 // pick chooses a target among those that can take a tunnel now: healthy
 // (or due for a trial after a cool-down), under its cap, not removed and
-// not yet tried by this request; backups only when no primary is left. It
-// takes one of the target's connection slots.
-func (p *Proxy) pick(r *http.Request, tried []*Target) (*Target, error) {
+// not yet tried by this request; backups only when no primary is left. The
+// target a sticky cookie names comes first while it can take the request.
+// When every target is out by passive health alone, they are all tried
+// anyway (nginx's "all peers failed": recovery costs one request, not a
+// cool-down). It takes one of the target's connection slots.
+func (p *Proxy) pick(r *http.Request, tried []*Target, aff *affinity) (*Target, error) {
 	set := p.set.Load()
 	now := time.Now().UnixNano()
+	br := p.balancerRequest(r)
+	if !aff.resolved {
+		p.resolveAffinity(br, set, aff)
+	}
+	if t := aff.home; t != nil && !aff.hashed && aff.cause == "" && !aff.passOver(t, tried, now) {
+		if p.take(t, true) {
+			return t, nil
+		}
+		if !aff.passOver(t, tried, now) {
+			aff.cause = "down" // another request holds its trial
+		}
+	}
+	if t := aff.home; t != nil && aff.hashed && aff.cause == "" {
+		aff.passOver(t, tried, now) // the policy goes on without it
+	}
 	for _, group := range [][]*Target{set.primary, set.backup} {
 		cands := make([]*Target, 0, len(group))
 		for _, t := range group {
@@ -506,26 +537,58 @@ func (p *Proxy) pick(r *http.Request, tried []*Target) (*Target, error) {
 				cands = append(cands, t)
 			}
 		}
-		for len(cands) > 0 {
-			t := p.cfg.balancer.Pick(r, cands)
-			if t == nil {
-				return nil, ErrNoTargetAvailable
-			}
-			if t.health.claim() {
-				if t.tryAcquire() {
-					if !t.removed.Load() {
-						return t, nil
-					}
-					t.open.Add(-1) // SetTargets removed it meanwhile
-				}
-				t.health.released()
-			}
-			// It filled up, went on trial or was removed since the list
-			// was made: choose again without it.
-			cands = removeTarget(cands, t)
+		if t, err := p.pickFrom(br, cands, true); t != nil || err != nil {
+			return t, err
 		}
 	}
+	// Nothing is available. If health alone keeps targets out, and only
+	// passive health, try them: the backends may be back already.
+	var cands []*Target
+	for _, t := range set.all {
+		if !t.full() && !t.health.activeDown.Load() && !slices.Contains(tried, t) {
+			cands = append(cands, t)
+		}
+	}
+	if t, _ := p.pickFrom(br, cands, false); t != nil {
+		return t, nil
+	}
 	return nil, ErrNoTargetAvailable
+}
+
+// pickFrom lets the policy choose among cands and takes the chosen
+// target's slot, choosing again without a target that filled up, went on
+// trial or was removed meanwhile. A nil target and error means none of
+// cands could take the request.
+func (p *Proxy) pickFrom(r *http.Request, cands []*Target, claim bool) (*Target, error) {
+	for len(cands) > 0 {
+		t := p.cfg.balancer.Pick(r, cands)
+		if t == nil {
+			return nil, ErrNoTargetAvailable
+		}
+		if p.take(t, claim) {
+			return t, nil
+		}
+		cands = removeTarget(cands, t)
+	}
+	return nil, nil
+}
+
+// take claims t's health trial (when claim is set and t is on trial) and
+// one of its connection slots, unless SetTargets removed it meanwhile.
+func (p *Proxy) take(t *Target, claim bool) bool {
+	if claim && !t.health.claim() {
+		return false
+	}
+	if t.tryAcquire() {
+		if !t.removed.Load() {
+			return true
+		}
+		t.open.Add(-1)
+	}
+	if claim {
+		t.health.released()
+	}
+	return false
 }
 
 func removeTarget(ts []*Target, t *Target) []*Target {
@@ -609,8 +672,13 @@ func buffered(br *bufioReader) []byte {
 	return append([]byte(nil), b...)
 }
 
-// serveFallback serves a request that is not a WebSocket upgrade.
+// serveFallback serves a request that is not a WebSocket upgrade: through
+// the targets (WithHTTP), by the fallback handler, or with 426.
 func (p *Proxy) serveFallback(w http.ResponseWriter, r *http.Request) {
+	if p.http != nil {
+		p.http.serve(w, r)
+		return
+	}
 	if p.cfg.fallback != nil {
 		p.cfg.fallback.ServeHTTP(w, r)
 		return
@@ -630,6 +698,13 @@ func (p *Proxy) reject(w http.ResponseWriter, r *http.Request, err error) {
 	if r.ProtoMajor == 1 {
 		h.Set("Connection", "close")
 	}
+	p.writeError(w, r, err)
+}
+
+// writeError answers a request the proxy cannot serve, with the headers
+// its error calls for, through WithErrorHandler if set.
+func (p *Proxy) writeError(w http.ResponseWriter, r *http.Request, err error) {
+	h := w.Header()
 	switch {
 	case errors.Is(err, ErrBadVersion):
 		h["Sec-WebSocket-Version"] = []string{"13"}
@@ -802,6 +877,9 @@ func (p *Proxy) Close() error {
 	p.checkDrainedLocked()
 	p.mu.Unlock()
 	p.cancel()
+	if p.http != nil {
+		p.http.tr.CloseIdleConnections()
+	}
 	for _, tn := range open {
 		tn.mu.Lock()
 		tn.setReasonLocked("shutdown")
@@ -823,9 +901,12 @@ func (p *Proxy) snapshotLocked() []*tunnel {
 // Stats returns a snapshot of the proxy's tunnels and traffic.
 func (p *Proxy) Stats() Stats {
 	s := Stats{
-		Total:    p.total.Load(),
-		Rejected: p.rejected.Load(),
-		Failures: p.failures.Load(),
+		Total:        p.total.Load(),
+		Rejected:     p.rejected.Load(),
+		Failures:     p.failures.Load(),
+		HTTPRequests: p.httpTotal.Load(),
+		HTTPFailures: p.httpFailures.Load(),
+		Affinity:     p.affinity.snapshot(),
 	}
 	live := make(map[*Target]*TargetStats)
 	all := p.set.Load().all
@@ -833,9 +914,13 @@ func (p *Proxy) Stats() Stats {
 	all = append(all[:len(all):len(all)], draining...)
 	s.Targets = make([]TargetStats, len(all))
 	for i, t := range all {
+		active := t.stats.httpActive.Load()
 		s.Targets[i] = TargetStats{
 			Target:          t.raw,
-			Open:            t.Open(),
+			Open:            max(0, t.Open()-int(active)),
+			HTTPActive:      int(active),
+			HTTPRequests:    t.stats.httpRequests.Load(),
+			HTTPFailures:    t.stats.httpFailures.Load(),
 			Total:           t.stats.total.Load(),
 			Failures:        t.stats.failures.Load(),
 			ClientToBackend: Traffic{Bytes: t.stats.bytesIn.Load(), Messages: t.stats.msgsIn.Load()},
