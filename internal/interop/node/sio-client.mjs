@@ -11,7 +11,8 @@
 // until every other client is done, then round-trip again.
 //
 // opts: {url, clients, addrs, cookies, page, loads, stay, timeout (ms per load)}.
-// Prints one JSON line: {summary: {loads, websocket, errors, backends}, loads: [...]}.
+// Prints one JSON line: {summary: {loads, websocket, errors, backends}, loads: [...]};
+// summary.errors counts every error, a load's errors list each once.
 import http from 'node:http';
 import { io } from 'socket.io-client';
 
@@ -64,8 +65,18 @@ function describe(e) {
 // session opens one Socket.IO connection and resolves once it is on
 // WebSocket and answered "whoami" (or at the timeout), with the socket
 // still open.
+// Errors, each kept once with how often it happened: a session that keeps
+// failing reconnects every second.
+class Errors extends Array {
+  constructor() { super(); this.counts = {}; }
+  push(e) {
+    this.counts[e] = (this.counts[e] || 0) + 1;
+    return this.counts[e] === 1 ? super.push(e) : this.length;
+  }
+}
+
 function session(c, jar, agent) {
-  const errors = [];
+  const errors = new Errors();
   const extraHeaders = {};
   if (jar && jar.m.size) extraHeaders.cookie = jar.header();
   const socket = io(o.url, {
@@ -184,8 +195,9 @@ const summary = { loads: results.length, websocket: 0, errors: {}, backends: {} 
 for (const r of results) {
   if (r.websocket) summary.websocket++;
   if (r.socket) summary.backends[r.socket] = (summary.backends[r.socket] || 0) + 1;
-  for (const e of r.errors) summary.errors[e] = (summary.errors[e] || 0) + 1;
+  for (const [e, n] of Object.entries(r.errors.counts)) summary.errors[e] = (summary.errors[e] || 0) + n;
 }
 results.sort((a, b) => a.client - b.client || (a.load ?? 0) - (b.load ?? 0));
-console.log(JSON.stringify({ summary, loads: results }));
-process.exit(0);
+const loads = results.map((r) => ({ ...r, errors: [...r.errors] }));
+// Exit once the line is written: a pipe may take it in several writes.
+process.stdout.write(JSON.stringify({ summary, loads }) + '\n', () => process.exit(0));
