@@ -220,7 +220,7 @@ func cmpErr(a, b error) error {
 func (hp *httpProxy) try(req *http.Request, st *httpRequest, t *Target, body *requestBody) (*http.Response, bool, error) {
 	p := hp.p
 	ctx, cancel := context.WithCancel(req.Context())
-	stopClose := context.AfterFunc(p.ctx, cancel)                // Close aborts requests
+	stopClose := context.AfterFunc(p.ctx, cancel)                  // Close aborts requests
 	stopRetire := context.AfterFunc(t.retirementContext(), cancel) // and so does a drain timeout
 	end := func() {
 		stopClose()

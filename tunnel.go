@@ -149,7 +149,8 @@ type tunnelRare struct {
 	slotCS        *clientState  // with holding: the client's entry under per-client limits, if any
 	done          chan struct{} // closed when the tunnel finished, if set before start (the HTTP/2 handler waits on it)
 	timers        []*time.Timer // stopped when the tunnel ends
-	reason        string        // why the proxy ended the tunnel; "" when the peers did
+	reason        string        // why the proxy ended the tunnel, a Reason constant; "" when it did not
+	detail        string        // free text about reason (CloseInfo.Detail)
 	err           error         // the first error that ended it
 }
 
@@ -351,7 +352,7 @@ func (tn *tunnel) start(clientBuf, backBuf []byte) {
 	tn.mu.Lock()
 	if cfg.maxLifetime > 0 {
 		tn.addTimer(time.AfterFunc(cfg.maxLifetime, func() {
-			tn.politeClose(wsframe.CloseGoingAway, wsframe.CloseGoingAway, "max lifetime")
+			tn.politeClose(wsframe.CloseGoingAway, wsframe.CloseGoingAway, ReasonMaxLifetime)
 		}))
 	}
 	if cfg.idleTimeout > 0 {
@@ -359,7 +360,7 @@ func (tn *tunnel) start(clientBuf, backBuf []byte) {
 		idle = time.AfterFunc(cfg.idleTimeout, func() {
 			since := time.Duration(time.Now().UnixNano() - tn.clock.lastActive.Load())
 			if since >= cfg.idleTimeout {
-				tn.politeClose(wsframe.CloseGoingAway, wsframe.CloseGoingAway, "idle timeout")
+				tn.politeClose(wsframe.CloseGoingAway, wsframe.CloseGoingAway, ReasonIdleTimeout)
 				return
 			}
 			idle.Reset(cfg.idleTimeout - since)
@@ -409,10 +410,10 @@ func (tn *tunnel) keepalive() bool {
 	}
 	switch {
 	case dead(&tn.down, &tn.up):
-		tn.politeClose(wsframe.CloseInternalError, wsframe.CloseGoingAway, "backend not responding")
+		tn.politeClose(wsframe.CloseInternalError, wsframe.CloseGoingAway, ReasonBackendNotResponding)
 		return false
 	case dead(&tn.up, &tn.down):
-		tn.politeClose(wsframe.CloseGoingAway, wsframe.CloseGoingAway, "client not responding")
+		tn.politeClose(wsframe.CloseGoingAway, wsframe.CloseGoingAway, ReasonClientNotResponding)
 		return false
 	}
 	var payload [8]byte
@@ -438,18 +439,29 @@ func (tn *tunnel) isOwnPong(payload []byte) bool {
 // gives the peers the close timeout to answer before the sockets are
 // closed. The first call wins; later ones do nothing.
 func (tn *tunnel) politeClose(toClient, toBackend uint16, reason string) {
+	tn.politeCloseDetail(toClient, toBackend, reason, "")
+}
+
+// politeCloseDetail is politeClose with free text about the reason, which
+// the close frames carry instead of the reason.
+func (tn *tunnel) politeCloseDetail(toClient, toBackend uint16, reason, detail string) {
 	tn.mu.Lock()
 	if tn.closing || tn.torn {
 		tn.mu.Unlock()
 		return
 	}
 	tn.closing = true
-	tn.rareLocked().reason = reason
+	e := tn.rareLocked()
+	e.reason, e.detail = reason, detail
 	tn.addTimer(time.AfterFunc(tn.p.cfg.closeTimeout, func() { tn.teardown(nil) }))
 	tn.mu.Unlock()
 
-	tn.down.inject(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(toClient, reason), nil), true)
-	tn.up.inject(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(toBackend, reason), newMask()), true)
+	text := reason
+	if detail != "" {
+		text = detail
+	}
+	tn.down.inject(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(toClient, text), nil), true)
+	tn.up.inject(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(toBackend, text), newMask()), true)
 	tn.checkCloseHandshake()
 }
 
@@ -545,7 +557,7 @@ func (tn *tunnel) pumpDone(p *pump, err error) {
 		if tn.eofs == 1 && tn.p.cfg.halfCloseTimeout > 0 && !tn.torn {
 			tn.addTimer(time.AfterFunc(tn.p.cfg.halfCloseTimeout, func() {
 				tn.mu.Lock()
-				tn.setReasonLocked("half-close timeout")
+				tn.setReasonLocked(ReasonHalfCloseTimeout)
 				tn.mu.Unlock()
 				tn.teardown(nil)
 			}))
@@ -584,9 +596,9 @@ func (tn *tunnel) pumpDone(p *pump, err error) {
 // never waits longer than the close timeout.
 func (p *pump) tellPeerGone() {
 	tn := p.t
-	code, reason, mask := uint16(wsframe.CloseGoingAway), "client connection lost", newMask()
+	code, reason, mask := uint16(wsframe.CloseGoingAway), ReasonClientConnectionLost, newMask()
 	if p == &tn.down {
-		code, reason, mask = wsframe.CloseInternalError, "backend connection lost", nil
+		code, reason, mask = wsframe.CloseInternalError, ReasonBackendConnectionLost, nil
 	}
 	tn.mu.Lock()
 	torn := tn.torn
@@ -609,13 +621,13 @@ func (tn *tunnel) isClosing() bool {
 // counts, tell the hooks and the log, leave the registry.
 func (tn *tunnel) finish() {
 	tn.mu.Lock()
-	var reason string
+	var reason, detail string
 	var err error
 	if e := tn.rare; e != nil {
 		for _, t := range e.timers {
 			t.Stop()
 		}
-		reason, err = e.reason, e.err
+		reason, detail, err = e.reason, e.detail, e.err
 	}
 	tn.mu.Unlock()
 	if err != nil && (errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF)) && reason != "" {
@@ -627,6 +639,7 @@ func (tn *tunnel) finish() {
 		ClientToBackend: tn.up.traffic(),
 		BackendToClient: tn.down.traffic(),
 		Reason:          reason,
+		Detail:          detail,
 		Err:             err,
 	}
 	tn.p.tunnelClosed(tn, info)
@@ -822,11 +835,11 @@ func (p *pump) chunk(buf []byte, n int) error {
 		// Framing is lost or the peer broke a limit: tell both sides, then
 		// drain what the peer still sends until the tunnel is torn down.
 		p.broken = true
-		code, reason := uint16(wsframe.CloseProtocolError), err.Error()
+		code, reason, detail := uint16(wsframe.CloseProtocolError), ReasonProtocolError, err.Error()
 		if errors.Is(err, errTooBig) {
-			code, reason = wsframe.CloseMessageTooBig, "message too big"
+			code, reason, detail = wsframe.CloseMessageTooBig, ReasonMessageTooBig, ""
 		}
-		go p.t.politeClose(code, code, reason)
+		go p.t.politeCloseDetail(code, code, reason, detail)
 		return nil
 	}
 	return err
