@@ -283,7 +283,7 @@ var (
 	sioRows [][]string
 )
 
-var sioHeader = []string{"stickiness", "reloads that changed backend", "Socket.IO contexts on WebSocket", "clients per backend", "connections per replica", "Session ID unknown"}
+var sioHeader = []string{"stickiness", "reloads that changed backend", "Socket.IO contexts on WebSocket", "clients per backend", "connections per replica", "Session ID unknown", "affinity kept/assigned/not kept"}
 
 func recordSIO(name string, cells ...string) {
 	sioMu.Lock()
@@ -311,6 +311,7 @@ func printSIO(w io.Writer) {
 		}
 		fmt.Fprintln(w, "|")
 	}
+	fmt.Fprintln(w, "(affinity: Stats.Affinity of both replicas, requests and upgrades: Kept / Assigned a cookie / not kept, by any cause)")
 	line(sioHeader)
 	sep := make([]string, len(widths))
 	for i, n := range widths {
@@ -371,14 +372,36 @@ func percent(n, of int) string {
 	return fmt.Sprintf("%d/%d (%.1f %%)", n, of, 100*float64(n)/float64(of))
 }
 
-// sioProxy serves one wsproxy, built with opts, for the targets.
-func sioProxy(t *testing.T, targets []string, opts ...wsproxy.Option) string {
+// sioProxy serves one wsproxy, built with opts, for the targets, and
+// returns it with its base URL.
+func sioProxy(t *testing.T, targets []string, opts ...wsproxy.Option) (*wsproxy.Proxy, string) {
 	t.Helper()
 	p, err := wsproxy.New(targets, opts...)
 	require.NoError(t, err)
 	srv := httptest.NewServer(p)
 	t.Cleanup(func() { srv.Close(); p.Close() })
-	return srv.URL
+	return p, srv.URL
+}
+
+// affinity sums the replicas' Stats.Affinity.
+func affinity(ps []*wsproxy.Proxy) wsproxy.AffinityStats {
+	var a wsproxy.AffinityStats
+	for _, p := range ps {
+		s := p.Stats().Affinity
+		a.Kept += s.Kept
+		a.Assigned += s.Assigned
+		a.Unknown += s.Unknown
+		a.Down += s.Down
+		a.Full += s.Full
+		a.Failed += s.Failed
+		a.Spilled += s.Spilled
+	}
+	return a
+}
+
+// notKept counts the sticky choices the proxies could not honour.
+func notKept(a wsproxy.AffinityStats) int64 {
+	return a.Unknown + a.Down + a.Full + a.Failed + a.Spilled
 }
 
 var sioCookie = http.Cookie{Name: "wsproxy_lb", Path: "/", HttpOnly: true}
@@ -407,7 +430,7 @@ func TestSocketIOBehindProxy(t *testing.T) {
 			defer cancel()
 			bs, err := startSIOBackends(t, "sio-1", "sio-2")
 			require.NoError(t, err)
-			base := sioProxy(t, sioTargets(bs), tt.opts...)
+			_, base := sioProxy(t, sioTargets(bs), tt.opts...)
 			timeout := 20000
 			if !tt.sticky {
 				// Long enough for a few reconnections; they keep failing.
@@ -467,6 +490,8 @@ func TestSocketIOReloads(t *testing.T) {
 			assert.Zero(t, m.changed, "reloads that changed backend: %v", m.detail)
 			assert.Equal(t, m.run.Summary.Loads, m.run.Summary.WebSocket, "contexts on WebSocket")
 			assert.Zero(t, m.unknown, "Session ID unknown answers of the backends")
+			assert.Zero(t, notKept(m.affinity), "sticky choices not kept: %+v", m.affinity)
+			assert.Positive(t, m.affinity.Kept, "sticky choices kept")
 			for i := range m.lb.counts {
 				assert.Positive(t, m.lb.counts[i].Load(), "connections to replica %d: the balancer must use both", i)
 			}
@@ -511,6 +536,7 @@ type reloads struct {
 	changed, reloads int
 	detail           []string
 	unknown          int
+	affinity         wsproxy.AffinityStats // both replicas'
 }
 
 // measureReloads runs the clients of TestSocketIOReloads through two
@@ -522,9 +548,12 @@ func measureReloads(t *testing.T, timeout int, opts ...wsproxy.Option) *reloads 
 	defer cancel()
 	bs, err := startSIOBackends(t, "sio-1", "sio-2")
 	require.NoError(t, err)
+	var proxies []*wsproxy.Proxy
 	var replicas []string
 	for range 2 {
-		replicas = append(replicas, strings.TrimPrefix(sioProxy(t, sioTargets(bs), opts...), "http://"))
+		p, base := sioProxy(t, sioTargets(bs), opts...)
+		proxies = append(proxies, p)
+		replicas = append(replicas, strings.TrimPrefix(base, "http://"))
 	}
 	lb := newL4Balancer(t, randomPick, replicas...)
 	clients := stayClients + reloadClients
@@ -534,19 +563,20 @@ func measureReloads(t *testing.T, timeout int, opts ...wsproxy.Option) *reloads 
 	})
 	require.NoError(t, err)
 	require.Equal(t, stayClients+reloadClients*reloadLoads, r.Summary.Loads)
-	m := &reloads{run: r, bs: bs, lb: lb}
+	m := &reloads{run: r, bs: bs, lb: lb, affinity: affinity(proxies)}
 	m.unknown, err = sessionUnknown(ctx, bs)
 	require.NoError(t, err)
 	m.changed, m.reloads, m.detail = reloadChanges(r)
-	t.Logf("changed %s, on WebSocket %d/%d, clients %s, connections per replica %s, client errors %v",
-		percent(m.changed, m.reloads), r.Summary.WebSocket, r.Summary.Loads, clientsPerBackend(r, bs), lb.perReplica(), r.Summary.Errors)
+	t.Logf("changed %s, on WebSocket %d/%d, clients %s, connections per replica %s, affinity %+v, client errors %v",
+		percent(m.changed, m.reloads), r.Summary.WebSocket, r.Summary.Loads, clientsPerBackend(r, bs), lb.perReplica(), m.affinity, r.Summary.Errors)
 	return m
 }
 
 // cells are the table's columns after the first.
 func (m *reloads) cells() []string {
 	return []string{percent(m.changed, m.reloads), fmt.Sprintf("%d/%d", m.run.Summary.WebSocket, m.run.Summary.Loads),
-		clientsPerBackend(m.run, m.bs), m.lb.perReplica(), fmt.Sprint(m.unknown)}
+		clientsPerBackend(m.run, m.bs), m.lb.perReplica(), fmt.Sprint(m.unknown),
+		fmt.Sprintf("%d/%d/%d", m.affinity.Kept, m.affinity.Assigned, notKept(m.affinity))}
 }
 
 // TestSocketIOBrowser loads a Socket.IO page in headless Chromium three
@@ -566,7 +596,8 @@ func TestSocketIOBrowser(t *testing.T) {
 	require.NoError(t, err)
 	var replicas []string
 	for range 2 {
-		replicas = append(replicas, strings.TrimPrefix(sioProxy(t, sioTargets(bs), wsproxy.WithHTTP(), wsproxy.WithStickyCookie(sioCookie)), "http://"))
+		_, base := sioProxy(t, sioTargets(bs), wsproxy.WithHTTP(), wsproxy.WithStickyCookie(sioCookie))
+		replicas = append(replicas, strings.TrimPrefix(base, "http://"))
 	}
 	lb := newL4Balancer(t, turnPick, replicas...)
 	var first string
