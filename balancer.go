@@ -494,9 +494,9 @@ func findCookie(line, name string) (string, bool) {
 	for line != "" {
 		var part string
 		part, line, _ = strings.Cut(line, ";")
-		part = strings.TrimSpace(part)
-		k, v, ok := strings.Cut(part, "=")
-		if ok && k == name {
+		part = textproto.TrimString(part)
+		k, v, _ := strings.Cut(part, "=")
+		if textproto.TrimString(k) == name { // as net/http reads "a = b" and a bare "a"
 			if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
 				v = v[1 : len(v)-1]
 			}
