@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -61,10 +62,6 @@ type Target struct {
 
 	stickyID string                     // its sticky cookie value; set before the target is published
 	retired  atomic.Pointer[retirement] // ends its HTTP requests when its drain timeout passes
-
-	// rrCurrent is the smooth weighted round-robin state, guarded by the
-	// round-robin balancer's mutex.
-	rrCurrent int64
 }
 
 // targetCounters are cumulative counters kept per target.
@@ -174,8 +171,12 @@ func parseTarget(s string) (*Target, error) {
 // five of the same target in a row, so a burst of reconnects spreads out.
 func RoundRobin() Balancer { return &roundRobin{} }
 
+// roundRobin keeps each target's current weight itself, not on the
+// Target: targets are shared by every balancer of the proxy (a user's
+// balancer may delegate to two RoundRobins), and each has its own rotation.
 type roundRobin struct {
-	mu sync.Mutex
+	mu      sync.Mutex
+	current map[*Target]int64 // guarded by mu
 }
 
 // Pick implements nginx's smooth weighted round robin: every candidate's
@@ -184,22 +185,43 @@ type roundRobin struct {
 func (b *roundRobin) Pick(_ *http.Request, targets []*Target) *Target {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.current == nil {
+		b.current = make(map[*Target]int64, len(targets))
+	}
+	b.forgetRemoved(targets)
 	var (
-		best  *Target
-		total int64
+		best        *Target
+		bestCurrent int64
+		total       int64
 	)
 	for _, t := range targets {
 		w := int64(t.Weight)
-		t.rrCurrent += w
+		cur := b.current[t] + w
+		b.current[t] = cur
 		total += w
-		if best == nil || t.rrCurrent > best.rrCurrent {
-			best = t
+		if best == nil || cur > bestCurrent {
+			best, bestCurrent = t, cur
 		}
 	}
 	if best != nil {
-		best.rrCurrent -= total
+		b.current[best] = bestCurrent - total
 	}
 	return best
+}
+
+// forgetRemoved drops the state of targets that are gone, once the map
+// holds many more than the candidates: discovery may replace targets for
+// months. A target only left out for a while (down, full) just starts
+// over, which costs a little smoothness and nothing else. b.mu is held.
+func (b *roundRobin) forgetRemoved(targets []*Target) {
+	if len(b.current) <= 2*len(targets)+8 {
+		return
+	}
+	for t := range b.current {
+		if !slices.Contains(targets, t) {
+			delete(b.current, t)
+		}
+	}
 }
 
 // LeastConn returns a policy for long-lived connections: the target with the

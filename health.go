@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -156,12 +157,40 @@ func WithHealthCheck(hc HealthCheck) Option {
 		if hc.Fall == 0 {
 			hc.Fall = defaultCheckFall
 		}
-		if hc.Interval < 0 || hc.Timeout < 0 || hc.Rise < 0 || hc.Fall < 0 || hc.Path[0] != '/' {
-			c.errorf("WithHealthCheck", "negative field or Path %q not starting with /", hc.Path)
+		if err := hc.validate(); err != nil {
+			c.errorf("WithHealthCheck", "%v", err)
 			return
 		}
 		c.lb.check = &hc
 	})
+}
+
+// validate names every field of hc that is wrong, after defaults.
+func (hc *HealthCheck) validate() error {
+	var errs []string
+	if hc.Path[0] != '/' {
+		errs = append(errs, fmt.Sprintf("Path %q does not start with /", hc.Path))
+	}
+	for _, f := range []struct {
+		name string
+		v    time.Duration
+	}{{"Interval", hc.Interval}, {"Timeout", hc.Timeout}} {
+		if f.v < 0 {
+			errs = append(errs, fmt.Sprintf("%s %v is negative", f.name, f.v))
+		}
+	}
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"Rise", hc.Rise}, {"Fall", hc.Fall}} {
+		if f.v < 0 {
+			errs = append(errs, fmt.Sprintf("%s %d is negative", f.name, f.v))
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return errors.New(strings.Join(errs, "; "))
 }
 
 // targetHealth is a target's health state. Reads on the pick path are

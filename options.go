@@ -92,14 +92,20 @@ func (c *config) errorf(option, format string, args ...any) {
 	c.errs = append(c.errs, fmt.Errorf("%w: %s: %s", ErrBadOption, option, fmt.Sprintf(format, args...)))
 }
 
-// checkCombinations reports options that contradict each other and
-// completes those that depend on others.
-func (c *config) checkCombinations() {
+// checkConflicts refuses options that are each valid but together do not
+// mean what the caller wrote: one of the two would be silently ignored.
+func (c *config) checkConflicts() {
+	if c.lb.retry5xx && c.lb.tries == 1 {
+		c.errorf("WithRetryOn5xx", "has no effect with WithRetry(1, ...): a 5xx answer could only be retried with a second try")
+	}
+	if c.anyOrigin && len(c.origins) > 0 {
+		c.errorf("WithAllowedOrigins", "has no effect with WithInsecureSkipOriginCheck, which allows every origin")
+	}
 	if c.http && c.fallback != nil {
 		c.errorf("WithHTTP", "cannot be combined with WithFallback: one serves the requests that are not upgrades, the other proxies them")
 	}
 	if c.stickySecret != nil && c.sticky == nil {
-		c.errorf("WithStickySecret", "given without WithStickyCookie")
+		c.errorf("WithStickySecret", "has no effect without WithStickyCookie")
 	}
 	if c.sticky != nil {
 		c.sticky.secret = c.stickySecret
@@ -504,9 +510,11 @@ func WithBalancer(b Balancer) Option {
 // before any backend is dialled (ErrTooManyTunnels), instead of the process
 // running out of file descriptors, which would break every listener and
 // log file it has. Zero means no cap.
-// Default: what the descriptor limit allows: each tunnel holds two
-// descriptors, so (RLIMIT_NOFILE - 256) / 2 when New runs (Go raises the
-// soft limit to the hard one at start), no cap where the limit is unknown.
+// Default: what the descriptor limit n (RLIMIT_NOFILE when New runs; Go
+// raises the soft limit to the hard one at start) can hold: each tunnel
+// holds two descriptors and 256, or n/2 if that is less, stay for the rest
+// of the program, so (n - min(256, n/2)) / 2, at least 1. No cap where the
+// limit is unknown (Windows, Plan 9) or above 2^30.
 func WithMaxTunnels(n int) Option {
 	return countOption("WithMaxTunnels", n, func(c *config) { c.maxTunnels = n })
 }

@@ -150,9 +150,10 @@
 // client and WithHandshakeRate limits how fast a client may open them (429),
 // all with Retry-After and checked before any backend is dialled. A client
 // is an IPv4 address or an IPv6 /64, found through WithTrustedProxies when
-// the proxy sits behind others. All three are off by default: behind a load
-// balancer the proxy is not told about, every client would share one
-// address. Slow clients are the http.Server's to cut: set ReadHeaderTimeout
+// the proxy sits behind others. The global cap is on by default, at what
+// the process's descriptor limit can hold (see WithMaxTunnels); the two
+// per-client limits are off by default: behind a load balancer the proxy is
+// not told about, every client would share one address. Slow clients are the http.Server's to cut: set ReadHeaderTimeout
 // (a few seconds) and MaxHeaderBytes; neither affects established tunnels.
 //
 // # Shutdown
@@ -253,9 +254,14 @@ type targetSet struct {
 // It validates every target and option and reports all problems at once.
 func New(targets []string, opts ...Option) (*Proxy, error) {
 	cfg := defaultConfig()
-	for _, o := range opts {
+	for i, o := range opts {
+		if o == nil {
+			cfg.errorf("New", "option %d is nil", i+1)
+			continue
+		}
 		o.apply(&cfg)
 	}
+	cfg.checkConflicts()
 	var set *targetSet
 	targets, err := initialTargets(&cfg, targets)
 	if err == nil {
@@ -264,7 +270,6 @@ func New(targets []string, opts ...Option) (*Proxy, error) {
 	if err != nil {
 		cfg.errs = append(cfg.errs, err)
 	}
-	cfg.checkCombinations()
 	if len(cfg.errs) > 0 {
 		return nil, errors.Join(cfg.errs...)
 	}
@@ -820,7 +825,7 @@ func (p *Proxy) tunnelClosed(tn *tunnel, info CloseInfo) {
 	p.mu.Unlock()
 
 	if p.debug() {
-		attrs := []any{"target", info.Target, "remote_addr", info.RemoteAddr, "duration", info.Duration,
+		attrs := []any{"target", info.Target, "remote_addr", info.RemoteAddr, "path", info.Path, "duration", info.Duration,
 			"bytes_in", info.ClientToBackend.Bytes, "bytes_out", info.BackendToClient.Bytes}
 		if info.Reason != "" {
 			attrs = append(attrs, "reason", info.Reason)
