@@ -8,13 +8,39 @@
 // long-lived connections, timeouts that never kill a quiet healthy tunnel,
 // and a Shutdown that closes tunnels politely with close frames.
 //
-//	p, err := wsproxy.New([]string{"ws://127.0.0.1:9001", "ws://127.0.0.1:9002"})
+// The body of a complete program (examples/quickstart, the README's Quick
+// start):
+//
+//	// The backends come from the command line: ws://10.0.0.1:9001 ws://10.0.0.2:9001
+//	p, err := wsproxy.New(os.Args[1:])
 //	if err != nil {
 //		log.Fatal(err)
 //	}
 //	mux := http.NewServeMux()
-//	mux.Handle("GET /ws", p)
-//	log.Fatal(http.ListenAndServe(":8080", mux))
+//	// No method in the pattern: browsers open WebSockets with GET over HTTP/1.1
+//	// but with CONNECT over HTTP/2 (RFC 8441), and "GET /ws" would answer those 405.
+//	mux.Handle("/ws", p)
+//	srv := &http.Server{Addr: "127.0.0.1:8080", Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+//	go func() {
+//		if err := srv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+//			log.Fatal(err)
+//		}
+//	}()
+//	log.Printf("listening on http://%s, WebSockets on /ws", srv.Addr)
+//
+//	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+//	defer stop()
+//	<-ctx.Done()
+//	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+//	defer cancel()
+//	// The proxy first: every tunnel gets close code 1001 and ends. The server
+//	// does not see hijacked tunnels, and would wait for HTTP/2 ones until ctx ends.
+//	if err := p.Shutdown(ctx); err != nil {
+//		log.Print(err)
+//	}
+//	if err := srv.Shutdown(ctx); err != nil {
+//		log.Print(err)
+//	}
 //
 // # The request path
 //
@@ -751,7 +777,10 @@ func (p *Proxy) debug() bool {
 
 func (p *Proxy) notifyReject(r *http.Request, err error) {
 	var be *BackendError
-	if errors.As(err, &be) && be.Status == 0 {
+	// A client that left during the backend handshake ended it itself:
+	// the backend did nothing wrong, and there is nothing to act on.
+	clientLeft := r.Context().Err() != nil
+	if errors.As(err, &be) && be.Status == 0 && !clientLeft {
 		p.log.Warn("wsproxy: backend failed", "target", be.Target, "remote_addr", r.RemoteAddr, "err", err)
 	} else if p.debug() {
 		p.log.Debug("wsproxy: upgrade rejected", "remote_addr", r.RemoteAddr, "path", r.URL.Path, "err", err)

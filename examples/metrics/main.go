@@ -8,10 +8,15 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"log"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,13 +38,29 @@ func main() {
 		}
 		*backend = "ws://" + addr
 	}
-	handler, _, err := newServer([]string{*backend})
+	handler, p, err := newServer([]string{*backend})
 	if err != nil {
 		log.Fatal(err)
 	}
-	log.Printf("proxy on ws://%s/ws, metrics on http://%s/metrics", *listen, *listen)
-	srv := &http.Server{Addr: *listen, Handler: handler, ReadHeaderTimeout: 10 * time.Second}
-	log.Fatal(srv.ListenAndServe())
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			log.Fatal(err)
+		}
+	}()
+	log.Printf("listening on http://%s: the proxy on /ws, metrics on /metrics", ln.Addr())
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	<-ctx.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p.Shutdown(ctx) // first: tunnels get 1001
+	srv.Shutdown(ctx)
 }
 
 // newServer wires a proxy, its collector and the /metrics endpoint.
@@ -53,7 +74,7 @@ func newServer(targets []string) (http.Handler, *wsproxy.Proxy, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collector)
 	mux := http.NewServeMux()
-	mux.Handle("GET /ws", p)
+	mux.Handle("/ws", p) // no method: HTTP/2 WebSockets are CONNECT requests
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	return mux, p, nil
 }
