@@ -13,7 +13,6 @@ require (
 	github.com/wsproxy/wsproxy v0.0.0-00010101000000-000000000000
 	github.com/wsproxy/wsproxy/examples/metrics v0.0.0-00010101000000-000000000000
 	go.yaml.in/yaml/v3 v3.0.6
-	golang.org/x/net v0.58.0
 )
 
 require (
@@ -23,6 +22,7 @@ require (
 	github.com/prometheus/client_model v0.6.2 // indirect
 	github.com/prometheus/common v0.70.1 // indirect
 	github.com/prometheus/procfs v0.21.1 // indirect
+	golang.org/x/net v0.58.0 // indirect
 	golang.org/x/sys v0.47.0 // indirect
 	golang.org/x/text v0.41.0 // indirect
 	google.golang.org/protobuf v1.36.11 // indirect

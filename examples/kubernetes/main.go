@@ -29,13 +29,12 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
-	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/net/websocket"
 
 	"github.com/wsproxy/wsproxy"
+	"github.com/wsproxy/wsproxy/examples/internal/echo"
 	"github.com/wsproxy/wsproxy/examples/metrics/wsprom"
 )
 
@@ -122,7 +121,7 @@ func run(ctx context.Context, cfg config, res *net.Resolver, ln, metricsLn net.L
 	var p *wsproxy.Proxy
 	var metrics http.Handler
 	if cfg.echo {
-		handler = echoHandler()
+		handler = echo.Handler(nil)
 	} else {
 		var c *wsprom.Collector
 		var err error
@@ -242,32 +241,4 @@ func split(list string) []string {
 		}
 	}
 	return out
-}
-
-// echoHandler is the example backend: it sends each message back, text as
-// text and binary as binary.
-func echoHandler() http.Handler {
-	return websocket.Server{
-		Handshake: func(*websocket.Config, *http.Request) error { return nil }, // the proxy checked the origin
-		Handler: func(c *websocket.Conn) {
-			defer c.Close()
-			for {
-				var msg []byte
-				if websocket.Message.Receive(c, &msg) != nil {
-					return
-				}
-				// x/net/websocket does not say a frame's type: valid UTF-8
-				// goes back as text, the rest as binary.
-				var err error
-				if utf8.Valid(msg) {
-					err = websocket.Message.Send(c, string(msg))
-				} else {
-					err = websocket.Message.Send(c, msg)
-				}
-				if err != nil {
-					return
-				}
-			}
-		},
-	}
 }

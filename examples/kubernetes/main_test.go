@@ -30,6 +30,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/wsproxy/wsproxy"
+	"github.com/wsproxy/wsproxy/examples/internal/echo"
 	"github.com/wsproxy/wsproxy/internal/dnstest"
 	"github.com/wsproxy/wsproxy/internal/leakcheck"
 	"github.com/wsproxy/wsproxy/internal/wstest"
@@ -343,7 +344,7 @@ func closeOf(t *testing.T, c *wstest.Conn) *wstest.CloseError {
 // with 1001 "target removed" after the drain, /healthz answers, and the
 // end of the program (SIGTERM) sends the last tunnel 1001 "shutdown".
 func TestDiscoveryAsConfigured(t *testing.T) {
-	port := twoBackends(t, echoHandler())
+	port := twoBackends(t, echo.Handler(nil))
 	cfg := manifestConfig(t, port)
 	u, err := url.Parse(cfg.backend)
 	require.NoError(t, err)
@@ -420,7 +421,7 @@ func get(t *testing.T, url string) string {
 func TestWSSBackendsByDNS(t *testing.T) {
 	const name = "wsproxy-backend.default.svc"
 	caFile, cert := testCA(t, name)
-	backend := httptest.NewUnstartedServer(echoHandler())
+	backend := httptest.NewUnstartedServer(echo.Handler(nil))
 	backend.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
 	backend.StartTLS()
 	t.Cleanup(backend.Close)
