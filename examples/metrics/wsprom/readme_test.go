@@ -22,8 +22,8 @@ import (
 	"github.com/wsproxy/wsproxy/examples/metrics/wsprom"
 )
 
-// TestReadme runs the README's code as written, checks that the README
-// still shows exactly this code, and that its metrics table lists every
+// TestReadme runs the README's code as written, checks that this README
+// and the library's (section Metrics) still show exactly this code, and that its metrics table lists every
 // metric the Collector exports, with its type and labels, and no other.
 func TestReadme(t *testing.T) {
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -78,6 +78,10 @@ func TestReadme(t *testing.T) {
 	snippet := between(t, string(readme), "<!-- collector: readme_test.go -->\n```go\n", "```")
 	code := between(t, string(self), "// README: collector\n", "\t// end README")
 	assert.Equal(t, snippet, dedent(code), "README.md's snippet differs from the tested code")
+	root, err := os.ReadFile("../../../README.md")
+	require.NoError(t, err)
+	assert.Equal(t, snippet, between(t, string(root), "<!-- metrics: examples/metrics/wsprom/readme_test.go -->\n```go\n", "```"),
+		"the library README's Metrics snippet differs from the tested code")
 
 	want := readmeTable(t, string(readme))
 	got := exported(t, c)
