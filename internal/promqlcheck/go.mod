@@ -9,6 +9,7 @@ replace (
 
 require (
 	github.com/prometheus/client_golang v1.24.1
+	github.com/prometheus/common v0.70.1
 	github.com/prometheus/prometheus v0.313.2
 	github.com/stretchr/testify v1.12.1
 	github.com/wsproxy/wsproxy/examples/metrics v0.0.0-00010101000000-000000000000
@@ -21,7 +22,6 @@ require (
 	github.com/grafana/regexp v0.0.0-20250905093917-f7b3be9d1853 // indirect
 	github.com/munnerz/goautoneg v0.0.0-20191010083416-a7dc8b61c822 // indirect
 	github.com/prometheus/client_model v0.6.2 // indirect
-	github.com/prometheus/common v0.70.1 // indirect
 	github.com/prometheus/procfs v0.21.1 // indirect
 	github.com/wsproxy/wsproxy v0.0.0-00010101000000-000000000000 // indirect
 	go.uber.org/atomic v1.11.0 // indirect

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/common/model"
 	"github.com/prometheus/prometheus/model/labels"
 	"github.com/prometheus/prometheus/promql/parser"
 	"github.com/stretchr/testify/assert"
@@ -73,7 +74,7 @@ func checkSelector(t *testing.T, metrics map[string][]string, sel []*labels.Matc
 	t.Helper()
 	var name string
 	for _, m := range sel {
-		if m.Name == labels.MetricName {
+		if m.Name == model.MetricNameLabel {
 			name = m.Value
 		}
 	}
@@ -84,7 +85,7 @@ func checkSelector(t *testing.T, metrics map[string][]string, sel []*labels.Matc
 	labelNames, ok := metrics[base]
 	require.True(t, ok, "%s is no metric wsprom exports", name)
 	for _, m := range sel {
-		if m.Name == labels.MetricName {
+		if m.Name == model.MetricNameLabel {
 			continue
 		}
 		assert.True(t, slices.Contains(labelNames, m.Name) || slices.Contains(scrapeLabels, m.Name),
