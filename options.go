@@ -406,7 +406,7 @@ func WithErrorHandler(fn func(w http.ResponseWriter, r *http.Request, err error)
 
 // WithLogger sets where the proxy logs: one debug record per tunnel opened
 // and closed, warnings for backend failures. Keys are stable: target,
-// remote_addr, duration, bytes_in, bytes_out, err, reason.
+// remote_addr, duration, bytes_in, bytes_out, err, reason, detail.
 // Default: slog.Default() at the time New is called.
 func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(c *config) {
