@@ -73,6 +73,9 @@ type targetCounters struct {
 	msgsIn   atomic.Int64
 	msgsOut  atomic.Int64
 
+	refused     atomic.Int64 // upgrades answered with another status than 101
+	notEndpoint atomic.Int64 // of those, 2xx, 3xx and 404 (logging.go)
+
 	httpActive   atomic.Int64 // HTTP requests in flight (WithHTTP)
 	httpRequests atomic.Int64 // HTTP requests answered by the target
 	httpFailures atomic.Int64 // HTTP requests whose connection to it failed

@@ -58,9 +58,15 @@ func defaultLBConfig() lbConfig {
 
 // WithPassiveHealth sets how real traffic marks a target down, like nginx's
 // max_fails and fail_timeout. A failed dial, a handshake that fails or
-// times out, an invalid 101, and an HTTP request (WithHTTP) whose
-// connection failed or that got no response in time each count as a
-// failure; a backend that answers anything else is alive. Upgrades and HTTP
+// times out, an invalid 101, a 5xx answer to an upgrade other than 501 and
+// 505 (HAProxy's observe layer7 classes), and an HTTP request (WithHTTP)
+// whose connection failed or that got no response in time each count as a
+// failure; a backend that answers anything else is alive. A 2xx, 3xx or 404
+// answer to an upgrade (nothing serves WebSockets at that path) is warned
+// about and counted in TargetStats.NotEndpoint but does not count: the
+// client chooses the path, and could otherwise take every target out with
+// upgrades to one that does not exist (nginx never counts 403 and 404
+// either); WithHealthCheck finds a target whose URL has the wrong path. Upgrades and HTTP
 // requests share a target's health. After maxFails failures within window the
 // target gets no new tunnels for cooldown. Then exactly one request tries
 // it: success brings it back, failure starts another cool-down, so a dead

@@ -120,7 +120,7 @@ type Stats struct {
 	Open            int   // tunnels open now, handshakes in progress included
 	Total           int64 // tunnels opened
 	Rejected        int64 // upgrade requests that did not become tunnels
-	Failures        int64 // backend dial and handshake failures
+	Failures        int64 // backend failures, as TargetStats.Failures
 	ClientToBackend Traffic
 	BackendToClient Traffic
 	// HTTPRequests counts requests proxied with WithHTTP; HTTPFailures those
@@ -130,16 +130,32 @@ type Stats struct {
 	HTTPFailures int64
 	// Affinity says where requests with a sticky cookie or a hash key went.
 	Affinity AffinityStats
-	Targets  []TargetStats
+	// MaxTunnelsReached counts upgrades refused with 503 because the
+	// WithMaxTunnels cap was reached; NotHijackable those refused with 500
+	// because the ResponseWriter could not be taken over (a middleware
+	// wraps it without Unwrap). Both are logged at warn level, rate-limited.
+	MaxTunnelsReached int64
+	NotHijackable     int64
+	Targets           []TargetStats
 }
 
 // TargetStats is the part of Stats for one target.
 type TargetStats struct {
 	Target string
 	// Open counts tunnels, handshakes in progress included.
-	Open            int
-	Total           int64
-	Failures        int64
+	Open  int
+	Total int64
+	// Failures counts failed dials and handshakes, invalid 101s and the 5xx
+	// answers that count against the target's health (all but 501, 505).
+	Failures int64
+	// Refused counts upgrades the target answered with a status other than
+	// 101, relayed to the client (or, for a 2xx over HTTP/2, turned into
+	// 502). NotEndpoint counts those of them that were a 2xx, 3xx or 404:
+	// nothing serves WebSockets at that path, most often a target URL or a
+	// route with the wrong path. They are logged at warn level,
+	// rate-limited, and do not count against the target's health.
+	Refused         int64
+	NotEndpoint     int64
 	ClientToBackend Traffic
 	BackendToClient Traffic
 	Backup          bool

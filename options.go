@@ -405,8 +405,14 @@ func WithErrorHandler(fn func(w http.ResponseWriter, r *http.Request, err error)
 }
 
 // WithLogger sets where the proxy logs: one debug record per tunnel opened
-// and closed, warnings for backend failures. Keys are stable: target,
-// remote_addr, duration, bytes_in, bytes_out, err, reason, detail.
+// and closed and per refused upgrade, and warnings for what an operator
+// must act on: backend failures and 5xx answers, 2xx/3xx/404 answers to
+// upgrades (a wrong path), the WithMaxTunnels cap reached, a ResponseWriter
+// that cannot be hijacked, no target available, an invalid rewrite. Each
+// kind of warning is rate-limited: the first is logged, then at most one
+// every 10s with a "suppressed" count of those left out. Keys are stable:
+// target, remote_addr, path, duration, bytes_in, bytes_out, err, reason,
+// detail, status, suppressed.
 // Default: slog.Default() at the time New is called.
 func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(c *config) {

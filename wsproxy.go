@@ -87,10 +87,13 @@
 // the key it sent, choosing only a subprotocol and extensions the client
 // offered. Any other 101 is answered with 502 and the backend connection is
 // closed. Any other status (401, 403, 426, 500...) is relayed to the client
-// with its end-to-end headers and body, and the client connection is closed
-// afterwards: no tunnel, no second request (the "WebSocket smuggling" class
-// of bugs). A backend that cannot be reached gets 502, one that does not
-// answer in time 504.
+// with its end-to-end headers and body, streamed as it arrives, and the
+// client connection is closed afterwards: no tunnel, no second request (the
+// "WebSocket smuggling" class of bugs). A body the backend cuts short is
+// cut short for the client too (the handler panics with
+// http.ErrAbortHandler, as httputil.ReverseProxy does), never completed. A
+// backend that cannot be reached gets 502, one that does not answer in time
+// 504.
 //
 // # Origin policy
 //
@@ -154,7 +157,8 @@
 // weight=N, max_conns=N (a full target is skipped; when all are, the client
 // gets 503) and backup (used only when no primary can take the tunnel).
 // Passive health (WithPassiveHealth, nginx max_fails=1 fail_timeout=10s)
-// takes a target whose dial or handshake failed out of rotation for a
+// takes a target whose dial or handshake failed, or that answered an
+// upgrade with a 5xx other than 501 and 505, out of rotation for a
 // cool-down, after which one request tries it again (and when every target
 // is out by passive health alone, all are tried); WithHealthCheck adds
 // active probes with a real WebSocket handshake. A failed dial or backend
@@ -245,6 +249,9 @@ type Proxy struct {
 	drained  chan struct{} // closed when nothing is open after Shutdown began
 
 	limits limiter // admission caps and rates (limits.go)
+
+	warns  warnLimiter   // rate limits warnings (logging.go)
+	alerts alertCounters // refusals an operator must act on
 
 	total, rejected, failures atomic.Int64
 	closedUp, closedDown      trafficCounters
@@ -457,13 +464,20 @@ func (p *Proxy) gate(w http.ResponseWriter, r *http.Request) (admission, bool) {
 // 500...) to the client as it is; the connection to the backend is never
 // reused.
 func (p *Proxy) refused(w http.ResponseWriter, r *http.Request, t *Target, resp *http.Response, back net.Conn, br *bufioReader) {
-	p.relay(w, r, resp, back)
+	cut := p.relay(w, r, resp, back)
 	putReader(br) // after the body, which is read through it
 	back.Close()
 	t.open.Add(-1)
+	t.countRefusal(resp.StatusCode)
 	p.rejected.Add(1)
-	p.notifyReject(r, &BackendError{Target: t.raw, Op: "upgrade", Status: resp.StatusCode,
-		Err: fmt.Errorf("%w: status %d", ErrUpgradeRefused, resp.StatusCode)})
+	err := fmt.Errorf("%w: status %d", ErrUpgradeRefused, resp.StatusCode)
+	if cut != nil {
+		err = fmt.Errorf("%w: status %d, body cut short: %w", ErrUpgradeRefused, resp.StatusCode, cut)
+	}
+	p.notifyReject(r, &BackendError{Target: t.raw, Op: "upgrade", Status: resp.StatusCode, Err: err})
+	if cut != nil {
+		abortResponse()
+	}
 }
 
 // connect picks a target, dials it and performs the backend handshake,
@@ -504,6 +518,11 @@ func (p *Proxy) connect(r *http.Request, aff *affinity) (*Target, net.Conn, *htt
 			err = &BackendError{Target: t.raw, Op: "upgrade", Status: resp.StatusCode,
 				Err: fmt.Errorf("%w: status %d", ErrUpgradeRefused, resp.StatusCode)}
 			p.reportFailure(t, err)
+		case err == nil && unhealthyStatus(resp.StatusCode):
+			// Relayed, and counted against the target (logging.go).
+			p.reportFailure(t, &BackendError{Target: t.raw, Op: "upgrade", Status: resp.StatusCode,
+				Err: fmt.Errorf("%w: status %d", ErrUpgradeRefused, resp.StatusCode)})
+			return t, conn, resp, br, nil
 		case err == nil:
 			t.health.succeeded()
 			return t, conn, resp, br, nil
@@ -776,13 +795,7 @@ func (p *Proxy) debug() bool {
 }
 
 func (p *Proxy) notifyReject(r *http.Request, err error) {
-	var be *BackendError
-	// A client that left during the backend handshake ended it itself:
-	// the backend did nothing wrong, and there is nothing to act on.
-	clientLeft := r.Context().Err() != nil
-	if errors.As(err, &be) && be.Status == 0 && !clientLeft {
-		p.log.Warn("wsproxy: backend failed", "target", be.Target, "remote_addr", r.RemoteAddr, "err", err)
-	} else if p.debug() {
+	if !p.alert(r, err) && p.debug() { // logging.go
 		p.log.Debug("wsproxy: upgrade rejected", "remote_addr", r.RemoteAddr, "path", r.URL.Path, "err", err)
 	}
 	if h := p.cfg.hooks.OnReject; h != nil {
@@ -960,6 +973,9 @@ func (p *Proxy) Stats() Stats {
 		HTTPRequests: p.httpTotal.Load(),
 		HTTPFailures: p.httpFailures.Load(),
 		Affinity:     p.affinity.snapshot(),
+
+		MaxTunnelsReached: p.alerts.tunnelCap.Load(),
+		NotHijackable:     p.alerts.notHijackable.Load(),
 	}
 	live := make(map[*Target]*TargetStats)
 	all := p.set.Load().all
@@ -976,6 +992,8 @@ func (p *Proxy) Stats() Stats {
 			HTTPFailures:    t.stats.httpFailures.Load(),
 			Total:           t.stats.total.Load(),
 			Failures:        t.stats.failures.Load(),
+			Refused:         t.stats.refused.Load(),
+			NotEndpoint:     t.stats.notEndpoint.Load(),
 			ClientToBackend: Traffic{Bytes: t.stats.bytesIn.Load(), Messages: t.stats.msgsIn.Load()},
 			BackendToClient: Traffic{Bytes: t.stats.bytesOut.Load(), Messages: t.stats.msgsOut.Load()},
 			Backup:          t.Backup,

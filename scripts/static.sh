@@ -41,7 +41,7 @@ fi
 
 hostos=$(go env GOOS)
 fail=0
-report() { printf '%-12s %-28s %s\n' "$1" "$2" "$3"; }
+report() { printf '%-14s %-28s %s\n' "$1" "$2" "$3"; }
 
 mapfile -t modules < <(find . -name go.mod -not -path '*/node_modules/*' -printf '%h\n' | sort)
 for m in "${modules[@]}"; do

@@ -31,11 +31,11 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:8080", "address of the proxy and /metrics")
 	backend := flag.String("backend", "", "WebSocket backend (default: an echo backend started here)")
 	flag.Parse()
-	target, stopEcho, err := echo.OrBuiltIn(*backend, nil)
+	target, stopBackend, err := echo.OrBuiltIn(*backend, nil)
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer stopEcho()
+	defer stopBackend()
 	handler, p, err := newServer([]string{target})
 	if err != nil {
 		log.Fatal(err)
@@ -50,7 +50,7 @@ func main() {
 			log.Fatal(err)
 		}
 	}()
-	log.Printf("listening on http://%s (the proxy on /ws, metrics on /metrics)", ln.Addr())
+	log.Printf("listening on http://%s: the proxy on /ws, metrics on /metrics", ln.Addr())
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

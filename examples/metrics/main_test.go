@@ -16,10 +16,10 @@ import (
 )
 
 func TestMetrics(t *testing.T) {
-	target, stopEcho, err := echo.Start(echo.Handler(nil))
+	backend, stop, err := echo.Start(echo.Handler(nil))
 	require.NoError(t, err)
-	t.Cleanup(stopEcho)
-	handler, p, err := newServer([]string{target})
+	t.Cleanup(stop)
+	handler, p, err := newServer([]string{backend})
 	require.NoError(t, err)
 	srv := httptest.NewServer(handler)
 	t.Cleanup(func() { p.Close(); srv.Close() })
@@ -40,6 +40,7 @@ func TestMetrics(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return string(b)
 	}
+	target := backend
 	m := scrape()
 	assert.Contains(t, m, `wsproxy_tunnels_open{target="`+target+`"} 1`)
 	assert.Contains(t, m, `wsproxy_messages_total{direction="client_to_backend",target="`+target+`"} 3`)
