@@ -33,6 +33,7 @@ import (
 	"github.com/wsproxy/wsproxy/examples/internal/echo"
 	"github.com/wsproxy/wsproxy/internal/dnstest"
 	"github.com/wsproxy/wsproxy/internal/leakcheck"
+	"github.com/wsproxy/wsproxy/internal/snippet"
 	"github.com/wsproxy/wsproxy/internal/wstest"
 )
 
@@ -488,4 +489,91 @@ func testCA(t *testing.T, name string) (string, tls.Certificate) {
 	file := filepath.Join(t.TempDir(), "ca.pem")
 	require.NoError(t, os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o600))
 	return file, tls.Certificate{Certificate: [][]byte{leafDER}, PrivateKey: key}
+}
+
+// TestProductionSnippets runs docs/PRODUCTION.md's two Go snippets as
+// written, with the system resolver (DNSResolver's nil) pointed at a
+// loopback DNS server that answers chat-backend's name with 127.0.0.73,
+// where backends listen on the snippets' ports (an address of its own, so
+// that programs on 127.0.0.1 cannot hold them); and checks that the page
+// still shows exactly this code.
+func TestProductionSnippets(t *testing.T) {
+	dns := dnstest.New(t)
+	dns.SetAddrs("chat-backend.default.svc.cluster.local.", "127.0.0.73")
+	saved := net.DefaultResolver
+	net.DefaultResolver = dns.Resolver()
+	t.Cleanup(func() { net.DefaultResolver = saved })
+	caFile, cert := testCA(t, "chat-backend.default.svc")
+	pemCA, err := os.ReadFile(caFile)
+	require.NoError(t, err)
+	clusterCA := x509.NewCertPool()
+	require.True(t, clusterCA.AppendCertsFromPEM(pemCA))
+	listenOn(t, "127.0.0.73:9401", nil)
+	listenOn(t, "127.0.0.73:9402", &tls.Config{Certificates: []tls.Certificate{cert}})
+
+	proxies := map[string]func() (*wsproxy.Proxy, error){
+		"discovery": func() (*wsproxy.Proxy, error) {
+			// PRODUCTION: discovery
+			p, err := wsproxy.New(nil, // no static targets: New looks the name up once, and fails if it cannot
+				wsproxy.WithDiscovery(wsproxy.DNSResolver(nil, "ws://chat-backend.default.svc.cluster.local:9401/ws"), 5*time.Second),
+				wsproxy.WithDrainTimeout(30*time.Second),
+			)
+			// end PRODUCTION
+			return p, err
+		},
+		"wss": func() (*wsproxy.Proxy, error) {
+			// PRODUCTION: wss
+			p, err := wsproxy.New(nil,
+				wsproxy.WithDiscovery(wsproxy.DNSResolver(nil, "wss://chat-backend.default.svc.cluster.local:9402/ws"), 5*time.Second),
+				wsproxy.WithTLSConfig(&tls.Config{
+					ServerName: "chat-backend.default.svc", // a name in the backends' certificates
+					RootCAs:    clusterCA,                  // e.g. cert-manager's CA, mounted from a Secret
+				}),
+			)
+			// end PRODUCTION
+			return p, err
+		},
+	}
+	doc, err := os.ReadFile("../../docs/PRODUCTION.md")
+	require.NoError(t, err)
+	self, err := os.ReadFile("main_test.go")
+	require.NoError(t, err)
+	for name, newProxy := range proxies {
+		t.Run(name, func(t *testing.T) {
+			p, err := newProxy()
+			require.NoError(t, err)
+			srv := httptest.NewServer(p)
+			t.Cleanup(func() {
+				p.Close()
+				srv.Close()
+			})
+			c := dialWS(t, "ws://"+srv.Listener.Addr().String()+"/ws")
+			require.NoError(t, c.WriteMessage(1, []byte("through "+name)))
+			_, msg, err := c.ReadMessage()
+			require.NoError(t, err)
+			assert.Equal(t, "through "+name, string(msg))
+
+			shown := snippet.Between(t, string(doc), "<!-- "+name+": examples/kubernetes/main_test.go -->\n```go\n", "```")
+			code := snippet.Between(t, string(self), "// PRODUCTION: "+name+"\n", "\t\t\t// end PRODUCTION")
+			assert.Equal(t, shown, snippet.Dedent(code, 3), "docs/PRODUCTION.md's %s snippet differs from the tested code", name)
+		})
+	}
+}
+
+// listenOn serves the echo backend at addr (TLS with tc, if not nil),
+// failing the test if the port is taken.
+func listenOn(t *testing.T, addr string, tc *tls.Config) {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	require.NoError(t, err, "the snippet's backend address must be free")
+	s := httptest.NewUnstartedServer(echo.Handler(nil))
+	s.Listener.Close()
+	s.Listener = ln
+	if tc != nil {
+		s.TLS = tc
+		s.StartTLS()
+	} else {
+		s.Start()
+	}
+	t.Cleanup(s.Close)
 }
