@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -103,12 +104,9 @@ type pump struct {
 	t *tunnel
 
 	// Read state, owned by the pump's goroutine.
-	carry     *[wsframe.MaxControlFrame]byte // unconsumed tail: a partial header or control frame; allocated on first use, as most tunnels never need it
-	remaining uint64                         // payload bytes of the current data frame still to pass
-	msgSize   uint64                         // bytes of the current (possibly fragmented) message so far
-	ncarry    uint8
-	broken    bool // framing was lost after a protocol error: discard everything
-	srcFailed bool // reading src failed (not an EOF): the src side broke
+	frames    wsframe.Tracker // where src's stream is: the current frame, the carried tail
+	broken    bool            // framing was lost after a protocol error: discard everything
+	srcFailed bool            // reading src failed (not an EOF): the src side broke
 
 	fromClient bool // src is the client: its frames are masked, and frames the proxy writes to dst must be masked
 	spliceOK   bool // plain TCP on both ends: large payloads can skip user space
@@ -646,7 +644,7 @@ func (p *pump) run(initial []byte) {
 	if err == errParked {
 		return // the reactor runs the pump again when bytes come
 	}
-	if p.ncarry > 0 && err == nil {
+	if p.frames.Carried() > 0 && err == nil {
 		err = fmt.Errorf("%w: connection ended inside a frame", io.ErrUnexpectedEOF)
 	}
 	p.t.pumpDone(p, err)
@@ -729,7 +727,7 @@ func (p *pump) loopRaw(rr *rawReader) error {
 // bypass user space. After a close frame went to dst nothing more may reach
 // it: the rest of the frame takes the buffered path, which drops it.
 func (p *pump) canSplice() bool {
-	return p.remaining >= spliceMin && spliceMin > 0 && p.spliceOK && !p.broken && !p.flags.has(fSentClose)
+	return p.frames.Remaining() >= spliceMin && spliceMin > 0 && p.spliceOK && !p.broken && !p.flags.has(fSentClose)
 }
 
 // parkAfter is how long a pump waits for bytes in its goroutine before it
@@ -783,17 +781,17 @@ var spliceMin uint64 = 16 << 10
 // the stream is mid-frame, so the proxy's own frames wait in pending
 // until the frame ends.
 func (p *pump) splice() error {
-	lr := &io.LimitedReader{R: p.src(), N: int64(p.remaining)}
+	lr := &io.LimitedReader{R: p.src(), N: int64(p.frames.Remaining())}
 	n, err := p.dst().(*net.TCPConn).ReadFrom(lr)
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		err = nil // the idle deadline: the loop parks or goes on
 	}
-	p.remaining -= uint64(n)
+	p.frames.Skip(uint64(n))
 	p.bytes.Add(n)
 	now := p.t.now()
 	p.sawRead(now)
 	p.t.sawFrame(now)
-	if p.remaining == 0 {
+	if p.frames.Remaining() == 0 {
 		p.mu.Lock()
 		p.midFrame = false
 		p.mu.Unlock()
@@ -812,18 +810,14 @@ func (p *pump) chunk(buf []byte, n int) error {
 	if p.broken {
 		return nil
 	}
-	start := bufHeadroom - int(p.ncarry)
-	if p.ncarry > 0 {
-		copy(buf[start:], p.carry[:p.ncarry])
-		p.ncarry = 0
-	}
+	start := p.frames.Restore(buf, bufHeadroom)
 	err := p.process(buf[start:bufHeadroom+n], now)
-	if errors.Is(err, errProtocol) || errors.Is(err, errTooBig) {
+	if errors.Is(err, errProtocol) || errors.Is(err, wsframe.ErrTooBig) {
 		// Framing is lost or the peer broke a limit: tell both sides, then
 		// drain what the peer still sends until the tunnel is torn down.
 		p.broken = true
 		code, reason := uint16(wsframe.CloseProtocolError), err.Error()
-		if errors.Is(err, errTooBig) {
+		if errors.Is(err, wsframe.ErrTooBig) {
 			code, reason = wsframe.CloseMessageTooBig, "message too big"
 		}
 		go p.t.politeClose(code, code, reason)
@@ -832,102 +826,55 @@ func (p *pump) chunk(buf []byte, n int) error {
 	return err
 }
 
-var errTooBig = errors.New("message larger than the limit")
-
-// process walks the frames in data, writes what is to be forwarded to dst
-// and keeps the unconsumed tail (a partial header or control frame) for
-// the next chunk. Data payloads pass untouched; control frames are held
-// until complete, so the proxy can read close codes and take its own pongs
-// out of the stream.
+// process walks the frames in data (wsframe.Tracker), writes what is to be
+// forwarded to dst and carries the unconsumed tail (a partial header or
+// control frame) over to the next chunk. Data payloads pass untouched;
+// control frames come whole, so the proxy can read close codes and take its
+// own pongs out of the stream.
 func (p *pump) process(data []byte, now int64) error {
 	i, seg := 0, 0 // data[seg:i] is read and not yet written
 	forwarded := false
+	rules := wsframe.Rules{Masked: p.fromClient, MaxMessage: uint64(p.t.p.cfg.maxMessageSize)}
 	for i < len(data) {
-		if p.remaining > 0 {
-			k := uint64(len(data) - i)
-			if k > p.remaining {
-				k = p.remaining
+		ev, n := p.frames.Next(data[i:], rules)
+		switch ev.Kind {
+		case wsframe.More:
+			p.frames.Carry(data[i:])
+			if forwarded {
+				p.t.sawFrame(now)
 			}
-			i += int(k)
-			p.remaining -= k
-			forwarded = true
-			if p.remaining == 0 && p.flags.has(fHasPending) {
+			return p.flush(data[seg:i], false)
+		case wsframe.Invalid:
+			p.flush(data[seg:i], false)
+			return invalidFrame(ev.Err)
+		case wsframe.DataFrame:
+			if ev.Header.Fin {
+				p.messages.Add(1)
+			}
+		case wsframe.Control:
+			switch p.control(data[i:i+n], ev.Header) {
+			case dropFrame:
 				if err := p.flush(data[seg:i], false); err != nil {
 					return err
 				}
+				i += n
 				seg = i
-				p.writePending()
-			}
-			continue
-		}
-		h, n, err := wsframe.ParseHeader(data[i:])
-		if n == 0 {
-			break
-		}
-		if err != nil && err != wsframe.ErrNonMinimal {
-			p.flush(data[seg:i], false)
-			return fmt.Errorf("%w: %v", errProtocol, err)
-		}
-		if h.Masked != p.fromClient {
-			p.flush(data[seg:i], false)
-			if p.fromClient {
-				return fmt.Errorf("%w: unmasked frame from the client", errProtocol)
-			}
-			return fmt.Errorf("%w: masked frame from the backend", errProtocol)
-		}
-		if h.IsControl() {
-			end := i + n + int(h.Length)
-			if end > len(data) {
-				break
-			}
-			var payload [wsframe.MaxControlPayload]byte
-			pl := payload[:copy(payload[:], data[i+n:end])]
-			if h.Masked {
-				wsframe.Mask(h.Mask, 0, pl)
-			}
-			switch h.OpCode {
-			case wsframe.OpPong:
-				if p.t.isOwnPong(pl) {
-					if err := p.flush(data[seg:i], false); err != nil {
-						return err
-					}
-					seg = end
-					i = end
-					continue
-				}
-			case wsframe.OpClose:
-				code, _ := wsframe.ParseClose(pl)
-				p.closeCode.CompareAndSwap(0, int32(code))
-				p.flags.set(fSrcClosed)
-				err := p.flush(data[seg:end], true)
-				seg = end
+				continue
+			case closeFrame:
+				i += n
+				err := p.flush(data[seg:i], true)
+				seg = i
 				p.t.sawFrame(now)
 				p.t.checkCloseHandshake()
 				if err != nil {
 					return err
 				}
-				i = end
 				continue
 			}
-			i = end
-			forwarded = true
-		} else {
-			if h.OpCode != wsframe.OpContinuation {
-				p.msgSize = 0
-			}
-			p.msgSize += h.Length
-			if max := p.t.p.cfg.maxMessageSize; max > 0 && p.msgSize > uint64(max) {
-				p.flush(data[seg:i], false)
-				return errTooBig
-			}
-			if h.Fin {
-				p.messages.Add(1)
-			}
-			i += n
-			p.remaining = h.Length
-			forwarded = true
 		}
-		if p.remaining == 0 && p.flags.has(fHasPending) {
+		i += n
+		forwarded = true
+		if p.frames.Remaining() == 0 && p.flags.has(fHasPending) {
 			if err := p.flush(data[seg:i], false); err != nil {
 				return err
 			}
@@ -935,16 +882,46 @@ func (p *pump) process(data []byte, now int64) error {
 			p.writePending()
 		}
 	}
-	if tail := data[i:]; len(tail) > 0 {
-		if p.carry == nil {
-			p.carry = new([wsframe.MaxControlFrame]byte)
-		}
-		p.ncarry = uint8(copy(p.carry[:], tail))
-	}
 	if forwarded {
 		p.t.sawFrame(now)
 	}
 	return p.flush(data[seg:i], false)
+}
+
+// What process does with a control frame from src.
+const (
+	passFrame  = iota // forward it
+	dropFrame         // a pong answering the proxy's ping: the peer never sent the ping
+	closeFrame        // a close frame: forward it, and nothing after it
+)
+
+// control looks at a whole control frame from src and says what to do
+// with it; a close frame's code is recorded.
+func (p *pump) control(frame []byte, h wsframe.Header) int {
+	var buf [wsframe.MaxControlPayload]byte
+	pl := wsframe.ControlPayload(frame, h, &buf)
+	switch h.OpCode {
+	case wsframe.OpPong:
+		if p.t.isOwnPong(pl) {
+			return dropFrame
+		}
+	case wsframe.OpClose:
+		code, _ := wsframe.ParseClose(pl)
+		p.closeCode.CompareAndSwap(0, int32(code))
+		p.flags.set(fSrcClosed)
+		return closeFrame
+	}
+	return passFrame
+}
+
+// invalidFrame is the error of a frame that breaks a rule: the size limit
+// as it is, anything else as a protocol error whose text, sent to the
+// peers as the close reason, names the rule.
+func invalidFrame(err error) error {
+	if errors.Is(err, wsframe.ErrTooBig) {
+		return err
+	}
+	return fmt.Errorf("%w: %s", errProtocol, strings.TrimPrefix(err.Error(), "wsframe: "))
 }
 
 // flush writes b to dst unless a close frame already went there. isClose
@@ -960,7 +937,7 @@ func (p *pump) flush(b []byte, isClose bool) error {
 	}
 	n, err := p.dst().Write(b)
 	p.bytes.Add(int64(n))
-	p.midFrame = p.remaining > 0
+	p.midFrame = p.frames.Remaining() > 0
 	if isClose && err == nil {
 		p.flags.set(fSentClose)
 	}
