@@ -137,7 +137,7 @@ func (p *Proxy) openH2(w http.ResponseWriter, r *http.Request, rc *http.Response
 	tn := p.launch(r, t, client, nil, back, backBuf, resp, slot, func(tn *tunnel) {
 		tn.rareLocked().done = make(chan struct{}) // the handler waits for the tunnel; not started yet, so no lock
 		client.closeTimeout = p.cfg.closeTimeout
-		client.awaitingClose = func() bool { return tn.down.flags.has(fSentClose) && !tn.up.flags.has(fSrcClosed) }
+		client.awaitingClose = tn.owesCloseAnswer
 	})
 	return tn, client
 }

@@ -38,16 +38,14 @@ type tunnel struct {
 	up   pump // client to backend
 	down pump // backend to client
 
-	clock     *tunnelClock // nil unless an idle timeout or keepalive pings are configured
-	running   atomic.Int32 // pumps still running
-	lingering atomic.Bool  // the close handshake is done: read deadlines run out the linger
+	clock *tunnelClock  // nil unless an idle timeout or keepalive pings are configured
+	ph    atomic.Uint32 // the phase of the tunnel's end (see advance, in end.go): written by advance only
 
 	protoMajor, protoMinor uint8 // of the client's request
 
-	mu      sync.Mutex
-	closing bool        // a polite close was started
-	torn    bool        // sockets closed
-	eofs    uint8       // directions that ended with EOF
+	mu      sync.Mutex  // guards what follows, and orders advance's decisions
+	eofs    uint8       // directions that ended with EOF; advance's
+	running uint8       // pumps still running (2 until the first ends); advance's
 	holding bool        // the tunnel holds places under the admission limits (rare.slotCS: its client's)
 	rare    *tunnelRare // what only some tunnels need; nil until needed
 
@@ -261,6 +259,7 @@ func newTunnel(p *Proxy, t *Target, client net.Conn, back net.Conn, info TunnelI
 		e.remoteAddr, e.hasRemoteAddr = info.RemoteAddr, true
 	}
 	tn.protoMajor, tn.protoMinor, _ = parseProto(info.Proto)
+	tn.running = 2
 	tn.up = pump{t: tn, fromClient: true}
 	tn.down = pump{t: tn}
 	_, clientTCP := client.(*net.TCPConn)
@@ -374,7 +373,6 @@ func (tn *tunnel) start(clientBuf, backBuf []byte) {
 		tn.addTimer(ping)
 	}
 	tn.mu.Unlock()
-	tn.running.Store(2)
 	tn.up.begin(clientBuf)
 	tn.down.begin(backBuf)
 }
@@ -430,177 +428,6 @@ func newMask() *[4]byte {
 // isOwnPong reports whether a pong payload answers one of the proxy's pings.
 func (tn *tunnel) isOwnPong(payload []byte) bool {
 	return tn.clock != nil && len(payload) == 8 && binary.BigEndian.Uint32(payload) == tn.clock.pingID
-}
-
-// politeClose sends a close frame to each side, at a frame boundary, and
-// gives the peers the close timeout to answer before the sockets are
-// closed. The first call wins; later ones do nothing.
-func (tn *tunnel) politeClose(toClient, toBackend uint16, reason string) {
-	tn.mu.Lock()
-	if tn.closing || tn.torn {
-		tn.mu.Unlock()
-		return
-	}
-	tn.closing = true
-	tn.rareLocked().reason = reason
-	tn.addTimer(time.AfterFunc(tn.p.cfg.closeTimeout, func() { tn.teardown(nil) }))
-	tn.mu.Unlock()
-
-	tn.down.inject(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(toClient, reason), nil), true)
-	tn.up.inject(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(toBackend, reason), newMask()), true)
-	tn.checkCloseHandshake()
-}
-
-// checkCloseHandshake ends the tunnel's TCP connections once each side both
-// sent and received a close frame: nothing may follow, so the proxy sends
-// FIN both ways and waits a little for the peers' own FIN, which avoids the
-// reset (and lost close frame) that closing with unread bytes causes. If a
-// side hung up already, the tunnel ends now: pumpDone waited for this.
-func (tn *tunnel) checkCloseHandshake() {
-	if !tn.closeHandshakeDone() {
-		return
-	}
-	tn.mu.Lock()
-	tn.lingering.Store(true)
-	deadline := time.Now().Add(tn.p.cfg.closeTimeout)
-	tn.up.shutDst()
-	tn.down.shutDst()
-	tn.client.SetReadDeadline(deadline)
-	tn.back.SetReadDeadline(deadline)
-	hungUp := tn.eofs > 0
-	tn.mu.Unlock()
-	if hungUp {
-		// Not here: a pump may be calling this from inside a read of a
-		// socket that teardown closes, and Close waits for that read.
-		go tn.teardown(nil)
-		return
-	}
-	// A parked pump would never see its deadline.
-	tn.up.wake()
-	tn.down.wake()
-}
-
-// closeHandshakeDone reports whether each side sent a close frame and was
-// sent one: read is not enough, a close frame read may still be on its way
-// out, behind the last messages before it.
-func (tn *tunnel) closeHandshakeDone() bool {
-	const both = fSrcClosed | fSentClose
-	return tn.up.flags.v.Load()&both == both && tn.down.flags.v.Load()&both == both
-}
-
-// shutDst closes the write half of dst (TCP FIN), once.
-func (p *pump) shutDst() {
-	if p.flags.setOnce(fDstShut) {
-		closeWrite(p.dst())
-	}
-}
-
-func closeWrite(c net.Conn) {
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-	}
-}
-
-// teardown closes both connections now. The pumps then end, and the last
-// one to end finishes the tunnel.
-func (tn *tunnel) teardown(err error) {
-	tn.mu.Lock()
-	if tn.torn {
-		tn.mu.Unlock()
-		return
-	}
-	tn.torn = true
-	if e := tn.rareLocked(); e.err == nil {
-		e.err = err
-	}
-	tn.mu.Unlock()
-	// A running pump may be writing to one socket while it holds the
-	// other's read lock (see rawReader), and Close waits for a socket's
-	// users. Closing the client wakes whatever waits on it, writes
-	// included; a write to the backend, by the pump whose read lock that
-	// Close waits for, needs a deadline in the past first.
-	if tn.up.parkable {
-		tn.back.SetDeadline(longAgo)
-	}
-	tn.client.Close()
-	tn.back.Close()
-	tn.up.wake()
-	tn.down.wake()
-}
-
-// longAgo is a deadline that has passed.
-var longAgo = time.Unix(1, 0)
-
-// pumpDone is called by each pump as it ends, with nil for a clean EOF.
-func (tn *tunnel) pumpDone(p *pump, err error) {
-	switch {
-	case err == nil:
-		// Pass the half-close on, and bound how long the other direction may
-		// stay open alone.
-		p.shutDst()
-		tn.mu.Lock()
-		tn.eofs++
-		if tn.eofs == 1 && tn.p.cfg.halfCloseTimeout > 0 && !tn.torn {
-			tn.addTimer(time.AfterFunc(tn.p.cfg.halfCloseTimeout, func() {
-				tn.mu.Lock()
-				tn.setReasonLocked("half-close timeout")
-				tn.mu.Unlock()
-				tn.teardown(nil)
-			}))
-		}
-		tn.mu.Unlock()
-		switch {
-		case tn.closeHandshakeDone():
-			// Both close frames went through and one side hung up: done.
-			tn.teardown(nil)
-		case tn.up.flags.has(fSrcClosed) && tn.down.flags.has(fSrcClosed):
-			// The other side's close frame is still being written to the
-			// side that hung up. checkCloseHandshake ends the tunnel once
-			// it is out (it reads eofs under the lock, so one of the two
-			// sees both); the close timeout bounds the write.
-			p.src().SetWriteDeadline(time.Now().Add(tn.p.cfg.closeTimeout))
-		}
-	case isTimeout(err) && tn.isClosing():
-		// The read deadline after a completed close handshake.
-		tn.teardown(nil)
-	default:
-		if p.srcFailed && !errors.Is(err, net.ErrClosed) {
-			p.tellPeerGone()
-		}
-		tn.teardown(err)
-	}
-	if tn.running.Add(-1) == 0 {
-		tn.teardown(nil)
-		tn.finish()
-	}
-}
-
-// tellPeerGone writes a close frame to the side still standing when the
-// other one broke (a reset, not an orderly end): a client whose backend
-// crashed reads 1011 rather than a bare TCP close (1006), a backend whose
-// client vanished reads 1001. It happens at a frame boundary only, and
-// never waits longer than the close timeout.
-func (p *pump) tellPeerGone() {
-	tn := p.t
-	code, reason, mask := uint16(wsframe.CloseGoingAway), "client connection lost", newMask()
-	if p == &tn.down {
-		code, reason, mask = wsframe.CloseInternalError, "backend connection lost", nil
-	}
-	tn.mu.Lock()
-	torn := tn.torn
-	tn.setReasonLocked(reason)
-	tn.mu.Unlock()
-	if torn {
-		return
-	}
-	p.dst().SetWriteDeadline(time.Now().Add(tn.p.cfg.closeTimeout))
-	p.inject(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(code, reason), mask), true)
-}
-
-func (tn *tunnel) isClosing() bool {
-	tn.mu.Lock()
-	defer tn.mu.Unlock()
-	return tn.closing || (tn.up.flags.has(fSrcClosed) && tn.down.flags.has(fSrcClosed))
 }
 
 // finish runs once, after both pumps ended: stop the timers, settle the
@@ -706,7 +533,7 @@ func (p *pump) loopRaw(rr *rawReader) error {
 			// Only the linger deadline of a finished close handshake
 			// ends the pump; during a polite close the close timeout
 			// bounds the wait, so the idle deadline just moves on.
-			if p.t.lingering.Load() {
+			if p.t.phase() >= phaseLingering {
 				return err
 			}
 			continue
@@ -745,7 +572,7 @@ var errParked = errors.New("pump parked")
 // returns the deadline now set. During the close handshake the linger
 // deadline rules instead.
 func (p *pump) armIdleDeadline(deadline int64) int64 {
-	if p.t.lingering.Load() {
+	if p.t.phase() >= phaseLingering {
 		return deadline
 	}
 	now := time.Now().UnixNano()
@@ -760,7 +587,7 @@ func (p *pump) armIdleDeadline(deadline int64) int64 {
 func (p *pump) tryPark() bool {
 	tn := p.t
 	tn.mu.Lock()
-	if tn.closing || tn.torn || tn.lingering.Load() {
+	if tn.phase() != phaseOpen {
 		tn.mu.Unlock()
 		return false
 	}
@@ -865,7 +692,7 @@ func (p *pump) process(data []byte, now int64) error {
 				err := p.flush(data[seg:i], true)
 				seg = i
 				p.t.sawFrame(now)
-				p.t.checkCloseHandshake()
+				p.t.end(change{ev: evCloseFrames})
 				if err != nil {
 					return err
 				}
@@ -973,7 +800,7 @@ func (p *pump) writePending() {
 	p.pending = nil
 	p.flags.clear(fHasPending)
 	if p.flags.has(fSentClose) {
-		p.t.checkCloseHandshake()
+		p.t.end(change{ev: evCloseFrames})
 	}
 }
 

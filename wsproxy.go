@@ -895,10 +895,7 @@ func (p *Proxy) Close() error {
 		p.http.tr.CloseIdleConnections()
 	}
 	for _, tn := range open {
-		tn.mu.Lock()
-		tn.setReasonLocked("shutdown")
-		tn.mu.Unlock()
-		tn.teardown(nil)
+		tn.abort("shutdown")
 	}
 	<-drained
 	return nil
