@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -43,7 +44,8 @@ type Target struct {
 	URL *url.URL
 	// Weight is the target's share for weighted policies. Default 1.
 	Weight int
-	// MaxConns caps the target's open tunnels; 0 means no cap.
+	// MaxConns caps the target's open connections: tunnels, handshakes in
+	// progress and HTTP requests in flight (WithHTTP); 0 means no cap.
 	MaxConns int
 	// Backup targets get tunnels only when no primary target can.
 	Backup bool
@@ -60,10 +62,6 @@ type Target struct {
 
 	stickyID string                     // its sticky cookie value; set before the target is published
 	retired  atomic.Pointer[retirement] // ends its HTTP requests when its drain timeout passes
-
-	// rrCurrent is the smooth weighted round-robin state, guarded by the
-	// round-robin balancer's mutex.
-	rrCurrent int64
 }
 
 // targetCounters are cumulative counters kept per target.
@@ -74,6 +72,9 @@ type targetCounters struct {
 	bytesOut atomic.Int64 // backend to client, closed tunnels
 	msgsIn   atomic.Int64
 	msgsOut  atomic.Int64
+
+	refused     atomic.Int64 // upgrades answered with another status than 101
+	notEndpoint atomic.Int64 // of those, 2xx, 3xx and 404 (logging.go)
 
 	httpActive   atomic.Int64 // HTTP requests in flight (WithHTTP)
 	httpRequests atomic.Int64 // HTTP requests answered by the target
@@ -173,8 +174,12 @@ func parseTarget(s string) (*Target, error) {
 // five of the same target in a row, so a burst of reconnects spreads out.
 func RoundRobin() Balancer { return &roundRobin{} }
 
+// roundRobin keeps each target's current weight itself, not on the
+// Target: targets are shared by every balancer of the proxy (a user's
+// balancer may delegate to two RoundRobins), and each has its own rotation.
 type roundRobin struct {
-	mu sync.Mutex
+	mu      sync.Mutex
+	current map[*Target]int64 // guarded by mu
 }
 
 // Pick implements nginx's smooth weighted round robin: every candidate's
@@ -183,22 +188,43 @@ type roundRobin struct {
 func (b *roundRobin) Pick(_ *http.Request, targets []*Target) *Target {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if b.current == nil {
+		b.current = make(map[*Target]int64, len(targets))
+	}
+	b.forgetRemoved(targets)
 	var (
-		best  *Target
-		total int64
+		best        *Target
+		bestCurrent int64
+		total       int64
 	)
 	for _, t := range targets {
 		w := int64(t.Weight)
-		t.rrCurrent += w
+		cur := b.current[t] + w
+		b.current[t] = cur
 		total += w
-		if best == nil || t.rrCurrent > best.rrCurrent {
-			best = t
+		if best == nil || cur > bestCurrent {
+			best, bestCurrent = t, cur
 		}
 	}
 	if best != nil {
-		best.rrCurrent -= total
+		b.current[best] = bestCurrent - total
 	}
 	return best
+}
+
+// forgetRemoved drops the state of targets that are gone, once the map
+// holds many more than the candidates: discovery may replace targets for
+// months. A target only left out for a while (down, full) just starts
+// over, which costs a little smoothness and nothing else. b.mu is held.
+func (b *roundRobin) forgetRemoved(targets []*Target) {
+	if len(b.current) <= 2*len(targets)+8 {
+		return
+	}
+	for t := range b.current {
+		if !slices.Contains(targets, t) {
+			delete(b.current, t)
+		}
+	}
 }
 
 // LeastConn returns a policy for long-lived connections: the target with the

@@ -75,6 +75,44 @@ func TestRoundRobinWeights(t *testing.T) {
 	assert.Equal(t, map[string]int{a + " weight=3": 15, b: 5, c: 5}, openByTarget(p))
 }
 
+// TestRoundRobinInstancesShareTargets: a user's balancer that delegates to
+// two RoundRobins gives both the same *Targets, from many goroutines at
+// once. Each keeps its own rotation (the race detector checks that no state
+// is shared), and each still picks a a b a c a a for weights 5:1:1.
+func TestRoundRobinInstancesShareTargets(t *testing.T) {
+	t.Parallel()
+	ts := mustTargets(t, "ws://a weight=5", "ws://b", "ws://c")
+	rr1, rr2 := RoundRobin(), RoundRobin()
+	var wg sync.WaitGroup
+	for _, b := range []Balancer{rr1, rr2, rr1, rr2} {
+		wg.Go(func() {
+			for range 700 {
+				b.Pick(nil, ts)
+			}
+		})
+	}
+	wg.Wait()
+	// 1400 picks each, a multiple of the cycle of 7: both are back at the start.
+	for _, b := range []Balancer{rr1, rr2} {
+		var got []string
+		for range 7 {
+			got = append(got, b.Pick(nil, ts).URL.Host)
+		}
+		assert.Equal(t, []string{"a", "a", "b", "a", "c", "a", "a"}, got)
+	}
+}
+
+// TestRoundRobinForgetsRemovedTargets: the state of targets that are gone
+// does not pile up as discovery replaces them.
+func TestRoundRobinForgetsRemovedTargets(t *testing.T) {
+	t.Parallel()
+	b := RoundRobin().(*roundRobin)
+	for i := range 100 {
+		b.Pick(nil, mustTargets(t, fmt.Sprintf("ws://a%d", i), fmt.Sprintf("ws://b%d", i)))
+	}
+	assert.LessOrEqual(t, len(b.current), 2*2+8+2)
+}
+
 func TestLeastConnAvoidsBusyTarget(t *testing.T) {
 	t.Parallel()
 	a, b := newEcho(t), newEcho(t)

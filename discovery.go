@@ -43,13 +43,19 @@ func WithDiscovery(r Resolver, interval time.Duration) Option {
 			c.errorf("WithDiscovery", "want a Resolver and a positive interval, got %v", interval)
 			return
 		}
+		if v, ok := r.(interface{ validate() error }); ok {
+			if err := v.validate(); err != nil {
+				c.errs = append(c.errs, wrap(ErrBadOption, "WithDiscovery", err))
+				return
+			}
+		}
 		c.lb.discovery, c.lb.discoveryEvery = r, interval
 	})
 }
 
 // WithDrainTimeout closes the tunnels of a target removed by SetTargets or
 // discovery d after its removal, politely, with close code 1001 and reason
-// "target removed" to both sides. Until then, and without a timeout, they
+// ReasonTargetRemoved ("target removed") to both sides. Until then, and without a timeout, they
 // keep running; Stats lists the target as Draining while any is open.
 // Default: 0, tunnels of removed targets run until they end.
 func WithDrainTimeout(d time.Duration) Option {
@@ -109,8 +115,8 @@ func (s *dnsResolver) resolveSRV(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	if strings.Contains(params, "weight=") || strings.Contains(params, "backup") {
-		return nil, fmt.Errorf("%w %q: weight and backup come from the SRV records", ErrBadTarget, s.target)
+	if err := s.checkSRVParams(params); err != nil {
+		return nil, err
 	}
 	_, srvs, err := s.res.LookupSRV(ctx, "", "", u.Hostname())
 	if err != nil {
@@ -139,6 +145,26 @@ func (s *dnsResolver) resolveSRV(ctx context.Context) ([]string, error) {
 	}
 	slices.Sort(out)
 	return slices.Compact(out), nil
+}
+
+func (s *dnsResolver) checkSRVParams(params string) error {
+	if strings.Contains(params, "weight=") || strings.Contains(params, "backup") {
+		return fmt.Errorf("%w %q: weight and backup come from the SRV records", ErrBadTarget, s.target)
+	}
+	return nil
+}
+
+// validate checks the target string as New would check a static target,
+// so a typo fails New rather than every lookup after it.
+func (d *dnsResolver) validate() error {
+	if _, err := parseTarget(d.target); err != nil {
+		return err
+	}
+	if d.srv {
+		_, params, _ := splitTarget(d.target)
+		return d.checkSRVParams(params)
+	}
+	return nil
 }
 
 // splitTarget separates a target string's URL from its parameters (returned
@@ -182,10 +208,13 @@ func initialTargets(c *config, targets []string) ([]string, error) {
 	defer cancel()
 	ts, err := c.lb.discovery.Resolve(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("%w: discovery: %w", ErrNoTargets, err)
+		return nil, discoveryError(err)
 	}
 	return ts, nil
 }
+
+// discoveryError is the error of New when the first lookup failed.
+func discoveryError(err error) error { return wrap(ErrNoTargets, "discovery", err) }
 
 func (p *Proxy) runDiscovery(ctx context.Context, r Resolver, every time.Duration) {
 	tick := time.NewTicker(every)
@@ -248,7 +277,7 @@ func (p *Proxy) retireLocked(old, cur *targetSet) {
 		}
 		var tm *time.Timer
 		if d := p.cfg.lb.drainTimeout; d > 0 && !p.lb.stopped {
-			tm = time.AfterFunc(d, func() { p.closeTunnelsTo(t, "target removed") })
+			tm = time.AfterFunc(d, func() { p.closeTunnelsTo(t, ReasonTargetRemoved) })
 		}
 		p.lb.draining[t] = tm
 	}

@@ -70,7 +70,8 @@ const (
 type change struct {
 	ev                  event
 	p                   *pump  // evEOF, evPeerGone, evPumpEnd: the pump it is about
-	reason              string // evClose, evPeerGone, evTear: why the proxy ends the tunnel
+	reason              string // evClose, evPeerGone, evTear: why the proxy ends the tunnel, a Reason constant
+	detail              string // evClose: free text about reason, sent in the close frames instead of it
 	err                 error  // evTear: what ended it
 	toClient, toBackend uint16 // evClose: the close codes
 }
@@ -106,7 +107,8 @@ func (tn *tunnel) advance(c change) actions {
 			return 0
 		}
 		tn.ph.Store(uint32(phaseClosing))
-		tn.rareLocked().reason = c.reason
+		e := tn.rareLocked()
+		e.reason, e.detail = c.reason, c.detail
 		tn.addTimer(time.AfterFunc(cfg.closeTimeout, func() { tn.teardown(nil) }))
 		return actSendClose
 	case evCloseFrames:
@@ -122,7 +124,7 @@ func (tn *tunnel) advance(c change) actions {
 		tn.eofs++
 		if tn.eofs == 1 && cfg.halfCloseTimeout > 0 && ph < phaseTorn {
 			tn.addTimer(time.AfterFunc(cfg.halfCloseTimeout, func() {
-				tn.end(change{ev: evTear, reason: "half-close timeout"})
+				tn.end(change{ev: evTear, reason: ReasonHalfCloseTimeout})
 			}))
 		}
 		switch {
@@ -176,8 +178,12 @@ func (tn *tunnel) end(c change) {
 		c.p.shutDst()
 	}
 	if a&actSendClose != 0 {
-		tn.down.inject(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(c.toClient, c.reason), nil), true)
-		tn.up.inject(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(c.toBackend, c.reason), newMask()), true)
+		text := c.reason
+		if c.detail != "" {
+			text = c.detail
+		}
+		tn.down.inject(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(c.toClient, text), nil), true)
+		tn.up.inject(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(c.toBackend, text), newMask()), true)
 		tn.end(change{ev: evCloseFrames})
 	}
 	if a&actLinger != 0 {
@@ -215,7 +221,13 @@ func (tn *tunnel) end(c change) {
 // gives the peers the close timeout to answer before the sockets are
 // closed. The first call wins; later ones do nothing.
 func (tn *tunnel) politeClose(toClient, toBackend uint16, reason string) {
-	tn.end(change{ev: evClose, toClient: toClient, toBackend: toBackend, reason: reason})
+	tn.politeCloseDetail(toClient, toBackend, reason, "")
+}
+
+// politeCloseDetail is politeClose with free text about the reason, which
+// the close frames carry instead of the reason.
+func (tn *tunnel) politeCloseDetail(toClient, toBackend uint16, reason, detail string) {
+	tn.end(change{ev: evClose, toClient: toClient, toBackend: toBackend, reason: reason, detail: detail})
 }
 
 // teardown closes both connections now, err being what ended the tunnel.
@@ -297,9 +309,9 @@ func (tn *tunnel) pumpDone(p *pump, err error) {
 // goneReason is the close reason when the pump's src broke.
 func (p *pump) goneReason() string {
 	if p == &p.t.down {
-		return "backend connection lost"
+		return ReasonBackendConnectionLost
 	}
-	return "client connection lost"
+	return ReasonClientConnectionLost
 }
 
 // tellPeerGone writes a close frame to the side still standing when the

@@ -3,10 +3,10 @@ package wsproxy
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"os"
+	"strings"
 )
 
 // Errors returned by New and SetTargets, passed to the error handler and to
@@ -75,10 +75,31 @@ type BackendError struct {
 }
 
 func (e *BackendError) Error() string {
-	return fmt.Sprintf("wsproxy: %s %s: %v", e.Op, e.Target, e.Err)
+	return "wsproxy: " + e.Op + " " + e.Target + ": " + unprefixed(e.Err)
 }
 
 func (e *BackendError) Unwrap() error { return e.Err }
+
+// wrap returns an error that matches both sentinel and cause with errors.Is
+// and errors.As and reads "sentinel: context: cause", naming the package
+// once: the cause's own "wsproxy: " prefixes are left out of the text.
+func wrap(sentinel error, context string, cause error) error {
+	return &wrapError{msg: sentinel.Error() + ": " + context + ": " + unprefixed(cause), errs: []error{sentinel, cause}}
+}
+
+type wrapError struct {
+	msg  string
+	errs []error
+}
+
+func (e *wrapError) Error() string   { return e.msg }
+func (e *wrapError) Unwrap() []error { return e.errs }
+
+// unprefixed is err's text without the package prefix, for an error that
+// says it inside another one's. A joined error has a prefix on every line.
+func unprefixed(err error) string {
+	return strings.ReplaceAll(err.Error(), "wsproxy: ", "")
+}
 
 // Timeout reports whether the failure was a timeout.
 func (e *BackendError) Timeout() bool { return isTimeout(e.Err) }

@@ -49,7 +49,8 @@ func say(url, origin, msg string) (string, error) {
 	return reply, err
 }
 
-// The quick start: mount the proxy on a ServeMux route.
+// Mount the proxy on a ServeMux route, as the Quick start
+// (examples/quickstart) does.
 func Example() {
 	backend, stop := echoBackend()
 	defer stop()
@@ -60,7 +61,7 @@ func Example() {
 	}
 	defer p.Close()
 	mux := http.NewServeMux()
-	mux.Handle("GET /ws", p)
+	mux.Handle("/ws", p) // no method: HTTP/2 WebSockets are CONNECT requests (RFC 8441)
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
 
@@ -135,7 +136,7 @@ func ExampleWithRewrite() {
 	// Output: hello alice
 }
 
-// Shut down the HTTP server and the proxy's tunnels together.
+// Shut down the proxy's tunnels, then the HTTP server.
 func ExampleProxy_Shutdown() {
 	backend, stop := echoBackend()
 	defer stop()
@@ -149,7 +150,9 @@ func ExampleProxy_Shutdown() {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	srv.Config.Shutdown(ctx) // plain HTTP; it does not see the tunnel
-	fmt.Println(p.Shutdown(ctx), p.Stats().Open)
-	// Output: <nil> 0
+	fmt.Println(p.Shutdown(ctx), p.Stats().Open) // the tunnel got 1001
+	fmt.Println(srv.Config.Shutdown(ctx))        // plain HTTP; it does not see tunnels
+	// Output:
+	// <nil> 0
+	// <nil>
 }

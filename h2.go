@@ -113,9 +113,10 @@ func (p *Proxy) openH2(w http.ResponseWriter, r *http.Request, rc *http.Response
 			back.Close() // not resp.Body.Close, which would read the body to its end
 			putReader(br)
 			t.open.Add(-1)
-			err := &BackendError{Target: t.raw, Op: "upgrade", Err: fmt.Errorf("%w: status %d", ErrInvalidUpgrade, status)}
-			p.reportFailure(t, err)
-			p.reject(w, r, err)
+			// Not a failure of the target: the client chose the path (see
+			// notEndpoint).
+			t.countRefusal(status)
+			p.reject(w, r, &BackendError{Target: t.raw, Op: "upgrade", Err: fmt.Errorf("%w: status %d", errNotEndpoint, status)})
 			return nil, nil
 		}
 		p.refused(w, r, t, resp, back, br)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -57,12 +58,23 @@ func defaultLBConfig() lbConfig {
 
 // WithPassiveHealth sets how real traffic marks a target down, like nginx's
 // max_fails and fail_timeout. A failed dial, a handshake that fails or
-// times out, and an invalid 101 each count as a failure; a backend that
-// answers anything else is alive. After maxFails failures within window the
+// times out, an invalid 101, a 5xx answer to an upgrade other than 501 and
+// 505 (HAProxy's observe layer7 classes), and an HTTP request (WithHTTP)
+// whose connection failed or that got no response in time each count as a
+// failure; a backend that answers anything else is alive. A 2xx, 3xx or 404
+// answer to an upgrade (nothing serves WebSockets at that path) is warned
+// about and counted in TargetStats.NotEndpoint but does not count: the
+// client chooses the path, and could otherwise take every target out with
+// upgrades to one that does not exist (nginx never counts 403 and 404
+// either); WithHealthCheck finds a target whose URL has the wrong path. Upgrades and HTTP
+// requests share a target's health. After maxFails failures within window the
 // target gets no new tunnels for cooldown. Then exactly one request tries
 // it: success brings it back, failure starts another cool-down, so a dead
 // target costs at most one failed dial per cool-down. As in nginx, a proxy
-// with a single target never takes it out.
+// with a single target never takes it out, and when every target is out by
+// passive health alone they are all tried anyway, so that recovery costs
+// one request rather than a cool-down (active health checks, when on, still
+// keep the targets they found down out).
 // Default: 1 failure, 10s window, 10s cool-down. maxFails 0 turns passive
 // health off.
 func WithPassiveHealth(maxFails int, window, cooldown time.Duration) Option {
@@ -151,12 +163,40 @@ func WithHealthCheck(hc HealthCheck) Option {
 		if hc.Fall == 0 {
 			hc.Fall = defaultCheckFall
 		}
-		if hc.Interval < 0 || hc.Timeout < 0 || hc.Rise < 0 || hc.Fall < 0 || hc.Path[0] != '/' {
-			c.errorf("WithHealthCheck", "negative field or Path %q not starting with /", hc.Path)
+		if err := hc.validate(); err != nil {
+			c.errorf("WithHealthCheck", "%v", err)
 			return
 		}
 		c.lb.check = &hc
 	})
+}
+
+// validate names every field of hc that is wrong, after defaults.
+func (hc *HealthCheck) validate() error {
+	var errs []string
+	if hc.Path[0] != '/' {
+		errs = append(errs, fmt.Sprintf("Path %q does not start with /", hc.Path))
+	}
+	for _, f := range []struct {
+		name string
+		v    time.Duration
+	}{{"Interval", hc.Interval}, {"Timeout", hc.Timeout}} {
+		if f.v < 0 {
+			errs = append(errs, fmt.Sprintf("%s %v is negative", f.name, f.v))
+		}
+	}
+	for _, f := range []struct {
+		name string
+		v    int
+	}{{"Rise", hc.Rise}, {"Fall", hc.Fall}} {
+		if f.v < 0 {
+			errs = append(errs, fmt.Sprintf("%s %d is negative", f.name, f.v))
+		}
+	}
+	if len(errs) == 0 {
+		return nil
+	}
+	return errors.New(strings.Join(errs, "; "))
 }
 
 // targetHealth is a target's health state. Reads on the pick path are

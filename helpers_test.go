@@ -104,3 +104,8 @@ func rawRequest(t *testing.T, url string, req string) (*http.Response, net.Conn,
 }
 
 func hostOf(url string) string { return strings.TrimPrefix(strings.TrimPrefix(url, "ws://"), "wss://") }
+
+// upgradeRequest is a valid upgrade request for "/" on the server at url.
+func upgradeRequest(url string) string {
+	return string(wstest.Request(hostOf(url), "/", wstest.NewKey()))
+}

@@ -888,3 +888,34 @@ func TestStickyCookieOverHTTP2(t *testing.T) {
 	assert.Len(t, resp.Header.Values("Set-Cookie"), 1, "a WebSocket without the cookie gets one")
 	c.Close()
 }
+
+// Shutdown refuses upgrades but goes on serving HTTP, which the
+// http.Server drains; Close aborts the requests still in flight.
+func TestHTTPAndShutdown(t *testing.T) {
+	t.Parallel()
+	b := newSiteBackend(t, "a")
+	p, u := newProxy(t, []string{b.url}, WithHTTP())
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", httpURL(u)+"/events", nil)
+	stream, err := http.DefaultClient.Do(req)
+	require.NoError(t, err)
+	defer stream.Body.Close()
+	br := bufio.NewReader(stream.Body)
+	line, err := br.ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "data: first\n", line)
+
+	require.NoError(t, p.Shutdown(context.Background()), "no tunnel to wait for")
+	require.Eventually(t, func() bool {
+		_, _, err := wstest.Dial(context.Background(), u+"/ws", nil, nil)
+		return err != nil
+	}, 5*time.Second, 5*time.Millisecond, "upgrades are refused")
+	resp, body := get(t, http.DefaultClient, httpURL(u)+"/")
+	assert.Equal(t, "page from a", body)
+	assert.Equal(t, http.StatusOK, resp.StatusCode)
+
+	p.Close()
+	_, err = io.Copy(io.Discard, br)
+	assert.Error(t, err, "Close aborted the stream")
+}

@@ -89,7 +89,7 @@ func (p *Proxy) admit(r *http.Request) (admission, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if c.maxTunnels > 0 && l.open >= c.maxTunnels {
-		return admission{}, ErrTooManyTunnels
+		return admission{}, errTunnelCap
 	}
 	var cs *clientState
 	if perIP {
@@ -106,7 +106,7 @@ func (p *Proxy) admit(r *http.Request) (admission, error) {
 			l.clients[client] = cs
 		}
 		if c.maxTunnelsPerIP > 0 && cs.open >= c.maxTunnelsPerIP {
-			return admission{}, ErrTooManyTunnels
+			return admission{}, errClientTunnelCap
 		}
 		if c.handshakeRate > 0 {
 			cs.refill(c, now)

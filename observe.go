@@ -84,16 +84,35 @@ type CloseInfo struct {
 	Duration        time.Duration
 	ClientToBackend Traffic
 	BackendToClient Traffic
-	// Reason says why the proxy ended the tunnel: "shutdown", "idle timeout",
-	// "max lifetime", "target removed", "backend not responding", "client not
-	// responding", "backend connection lost", "client connection lost" (a
-	// reset: the other side got a close frame), "half-close timeout",
-	// "message too big" or a protocol error. It is empty when the peers
-	// ended it themselves.
+	// Reason says why the proxy ended the tunnel: one of the Reason
+	// constants, a small fixed set fit for a metric label. It is empty when
+	// the proxy did not end it: the peers closed it themselves, or a
+	// network error (Err) did.
 	Reason string
+	// Detail is free text about Reason where there is more to say: for
+	// ReasonProtocolError, the rule the peer broke. It is also the reason
+	// text of the close frames the proxy sent. Otherwise empty.
+	Detail string
 	// Err is the network error that ended the tunnel, nil for an orderly end.
 	Err error
 }
+
+// The reasons the proxy gives in CloseInfo.Reason when it ends a tunnel,
+// also the reason text of the close frames it sends then (except for
+// ReasonProtocolError, whose frames carry the Detail).
+const (
+	ReasonShutdown              = "shutdown"                // Proxy.Shutdown or Proxy.Close
+	ReasonIdleTimeout           = "idle timeout"            // WithIdleTimeout: no data either way
+	ReasonMaxLifetime           = "max lifetime"            // WithMaxLifetime
+	ReasonTargetRemoved         = "target removed"          // WithDrainTimeout passed after SetTargets or discovery removed the target
+	ReasonBackendNotResponding  = "backend not responding"  // WithPingInterval: the backend answered no ping
+	ReasonClientNotResponding   = "client not responding"   // WithPingInterval: the client answered no ping
+	ReasonBackendConnectionLost = "backend connection lost" // the backend's connection broke (a reset); the client got 1011
+	ReasonClientConnectionLost  = "client connection lost"  // the client's connection broke (a reset); the backend got 1001
+	ReasonHalfCloseTimeout      = "half-close timeout"      // WithHalfCloseTimeout: one side sent FIN, the other stayed open
+	ReasonMessageTooBig         = "message too big"         // WithMaxMessageSize; both sides got 1009
+	ReasonProtocolError         = "protocol error"          // a peer broke RFC 6455 framing; both sides got 1002, Detail says how
+)
 
 // Stats is a snapshot of the proxy's tunnels and traffic. Counters are
 // cumulative since New; byte and message counts include open tunnels.
@@ -101,7 +120,7 @@ type Stats struct {
 	Open            int   // tunnels open now, handshakes in progress included
 	Total           int64 // tunnels opened
 	Rejected        int64 // upgrade requests that did not become tunnels
-	Failures        int64 // backend dial and handshake failures
+	Failures        int64 // backend failures, as TargetStats.Failures
 	ClientToBackend Traffic
 	BackendToClient Traffic
 	// HTTPRequests counts requests proxied with WithHTTP; HTTPFailures those
@@ -111,16 +130,32 @@ type Stats struct {
 	HTTPFailures int64
 	// Affinity says where requests with a sticky cookie or a hash key went.
 	Affinity AffinityStats
-	Targets  []TargetStats
+	// MaxTunnelsReached counts upgrades refused with 503 because the
+	// WithMaxTunnels cap was reached; NotHijackable those refused with 500
+	// because the ResponseWriter could not be taken over (a middleware
+	// wraps it without Unwrap). Both are logged at warn level, rate-limited.
+	MaxTunnelsReached int64
+	NotHijackable     int64
+	Targets           []TargetStats
 }
 
 // TargetStats is the part of Stats for one target.
 type TargetStats struct {
 	Target string
 	// Open counts tunnels, handshakes in progress included.
-	Open            int
-	Total           int64
-	Failures        int64
+	Open  int
+	Total int64
+	// Failures counts failed dials and handshakes, invalid 101s and the 5xx
+	// answers that count against the target's health (all but 501, 505).
+	Failures int64
+	// Refused counts upgrades the target answered with a status other than
+	// 101, relayed to the client (or, for a 2xx over HTTP/2, turned into
+	// 502). NotEndpoint counts those of them that were a 2xx, 3xx or 404:
+	// nothing serves WebSockets at that path, most often a target URL or a
+	// route with the wrong path. They are logged at warn level,
+	// rate-limited, and do not count against the target's health.
+	Refused         int64
+	NotEndpoint     int64
 	ClientToBackend Traffic
 	BackendToClient Traffic
 	Backup          bool

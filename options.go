@@ -92,14 +92,20 @@ func (c *config) errorf(option, format string, args ...any) {
 	c.errs = append(c.errs, fmt.Errorf("%w: %s: %s", ErrBadOption, option, fmt.Sprintf(format, args...)))
 }
 
-// checkCombinations reports options that contradict each other and
-// completes those that depend on others.
-func (c *config) checkCombinations() {
+// checkConflicts refuses options that are each valid but together do not
+// mean what the caller wrote: one of the two would be silently ignored.
+func (c *config) checkConflicts() {
+	if c.lb.retry5xx && c.lb.tries == 1 {
+		c.errorf("WithRetryOn5xx", "has no effect with WithRetry(1, ...): a 5xx answer could only be retried with a second try")
+	}
+	if c.anyOrigin && len(c.origins) > 0 {
+		c.errorf("WithAllowedOrigins", "has no effect with WithInsecureSkipOriginCheck, which allows every origin")
+	}
 	if c.http && c.fallback != nil {
 		c.errorf("WithHTTP", "cannot be combined with WithFallback: one serves the requests that are not upgrades, the other proxies them")
 	}
 	if c.stickySecret != nil && c.sticky == nil {
-		c.errorf("WithStickySecret", "given without WithStickyCookie")
+		c.errorf("WithStickySecret", "has no effect without WithStickyCookie")
 	}
 	if c.sticky != nil {
 		c.sticky.secret = c.stickySecret
@@ -399,8 +405,14 @@ func WithErrorHandler(fn func(w http.ResponseWriter, r *http.Request, err error)
 }
 
 // WithLogger sets where the proxy logs: one debug record per tunnel opened
-// and closed, warnings for backend failures. Keys are stable: target,
-// remote_addr, duration, bytes_in, bytes_out, err, reason.
+// and closed and per refused upgrade, and warnings for what an operator
+// must act on: backend failures and 5xx answers, 2xx/3xx/404 answers to
+// upgrades (a wrong path), the WithMaxTunnels cap reached, a ResponseWriter
+// that cannot be hijacked, no target available, an invalid rewrite. Each
+// kind of warning is rate-limited: the first is logged, then at most one
+// every 10s with a "suppressed" count of those left out. Keys are stable:
+// target, remote_addr, path, duration, bytes_in, bytes_out, err, reason,
+// status, suppressed.
 // Default: slog.Default() at the time New is called.
 func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(c *config) {
@@ -504,9 +516,11 @@ func WithBalancer(b Balancer) Option {
 // before any backend is dialled (ErrTooManyTunnels), instead of the process
 // running out of file descriptors, which would break every listener and
 // log file it has. Zero means no cap.
-// Default: what the descriptor limit allows: each tunnel holds two
-// descriptors, so (RLIMIT_NOFILE - 256) / 2 when New runs (Go raises the
-// soft limit to the hard one at start), no cap where the limit is unknown.
+// Default: what the descriptor limit n (RLIMIT_NOFILE when New runs; Go
+// raises the soft limit to the hard one at start) can hold: each tunnel
+// holds two descriptors and 256, or n/2 if that is less, stay for the rest
+// of the program, so (n - min(256, n/2)) / 2, at least 1. No cap where the
+// limit is unknown (Windows, Plan 9) or above 2^30.
 func WithMaxTunnels(n int) Option {
 	return countOption("WithMaxTunnels", n, func(c *config) { c.maxTunnels = n })
 }

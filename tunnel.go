@@ -145,7 +145,8 @@ type tunnelRare struct {
 	slotCS        *clientState  // with holding: the client's entry under per-client limits, if any
 	done          chan struct{} // closed when the tunnel finished, if set before start (the HTTP/2 handler waits on it)
 	timers        []*time.Timer // stopped when the tunnel ends
-	reason        string        // why the proxy ended the tunnel; "" when the peers did
+	reason        string        // why the proxy ended the tunnel, a Reason constant; "" when it did not
+	detail        string        // free text about reason (CloseInfo.Detail)
 	err           error         // the first error that ended it
 }
 
@@ -348,7 +349,7 @@ func (tn *tunnel) start(clientBuf, backBuf []byte) {
 	tn.mu.Lock()
 	if cfg.maxLifetime > 0 {
 		tn.addTimer(time.AfterFunc(cfg.maxLifetime, func() {
-			tn.politeClose(wsframe.CloseGoingAway, wsframe.CloseGoingAway, "max lifetime")
+			tn.politeClose(wsframe.CloseGoingAway, wsframe.CloseGoingAway, ReasonMaxLifetime)
 		}))
 	}
 	if cfg.idleTimeout > 0 {
@@ -356,7 +357,7 @@ func (tn *tunnel) start(clientBuf, backBuf []byte) {
 		idle = time.AfterFunc(cfg.idleTimeout, func() {
 			since := time.Duration(time.Now().UnixNano() - tn.clock.lastActive.Load())
 			if since >= cfg.idleTimeout {
-				tn.politeClose(wsframe.CloseGoingAway, wsframe.CloseGoingAway, "idle timeout")
+				tn.politeClose(wsframe.CloseGoingAway, wsframe.CloseGoingAway, ReasonIdleTimeout)
 				return
 			}
 			idle.Reset(cfg.idleTimeout - since)
@@ -405,10 +406,10 @@ func (tn *tunnel) keepalive() bool {
 	}
 	switch {
 	case dead(&tn.down, &tn.up):
-		tn.politeClose(wsframe.CloseInternalError, wsframe.CloseGoingAway, "backend not responding")
+		tn.politeClose(wsframe.CloseInternalError, wsframe.CloseGoingAway, ReasonBackendNotResponding)
 		return false
 	case dead(&tn.up, &tn.down):
-		tn.politeClose(wsframe.CloseGoingAway, wsframe.CloseGoingAway, "client not responding")
+		tn.politeClose(wsframe.CloseGoingAway, wsframe.CloseGoingAway, ReasonClientNotResponding)
 		return false
 	}
 	var payload [8]byte
@@ -434,13 +435,13 @@ func (tn *tunnel) isOwnPong(payload []byte) bool {
 // counts, tell the hooks and the log, leave the registry.
 func (tn *tunnel) finish() {
 	tn.mu.Lock()
-	var reason string
+	var reason, detail string
 	var err error
 	if e := tn.rare; e != nil {
 		for _, t := range e.timers {
 			t.Stop()
 		}
-		reason, err = e.reason, e.err
+		reason, detail, err = e.reason, e.detail, e.err
 	}
 	tn.mu.Unlock()
 	if err != nil && (errors.Is(err, net.ErrClosed) || errors.Is(err, io.ErrUnexpectedEOF)) && reason != "" {
@@ -452,6 +453,7 @@ func (tn *tunnel) finish() {
 		ClientToBackend: tn.up.traffic(),
 		BackendToClient: tn.down.traffic(),
 		Reason:          reason,
+		Detail:          detail,
 		Err:             err,
 	}
 	tn.p.tunnelClosed(tn, info)
@@ -643,11 +645,11 @@ func (p *pump) chunk(buf []byte, n int) error {
 		// Framing is lost or the peer broke a limit: tell both sides, then
 		// drain what the peer still sends until the tunnel is torn down.
 		p.broken = true
-		code, reason := uint16(wsframe.CloseProtocolError), err.Error()
+		code, reason, detail := uint16(wsframe.CloseProtocolError), ReasonProtocolError, err.Error()
 		if errors.Is(err, wsframe.ErrTooBig) {
-			code, reason = wsframe.CloseMessageTooBig, "message too big"
+			code, reason, detail = wsframe.CloseMessageTooBig, ReasonMessageTooBig, ""
 		}
-		go p.t.politeClose(code, code, reason)
+		go p.t.politeCloseDetail(code, code, reason, detail)
 		return nil
 	}
 	return err

@@ -621,12 +621,21 @@ func canHijack(w http.ResponseWriter) bool {
 }
 
 // relay sends a backend's non-101 answer to the client as an ordinary HTTP
-// response. Over HTTP/1.1 it makes sure the client connection is closed
-// afterwards: it never becomes a tunnel and never carries a second request.
-// Over HTTP/2 only the stream ends (RFC 8441 §5), and the connection's
-// other streams go on: "Connection: close" there would make Go's server
-// send GOAWAY.
-func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, resp *http.Response, conn net.Conn) {
+// response, as it arrives: status and headers at once, then the body,
+// flushed after every read, so a streaming answer is not held back. The
+// backend's framing is kept: a Content-Length is passed on, and without one
+// the body is chunked (HTTP/1.1) or ends with the stream (HTTP/2). Each
+// read from the backend and each write to the client is bounded by the
+// handshake timeout, not the whole body: it may stream for as long as it
+// moves. relay returns the error that cut the body short, if one did; the
+// caller then aborts the response.
+//
+// Over HTTP/1.1 it makes sure the client connection is closed afterwards:
+// it never becomes a tunnel and never carries a second request. Over
+// HTTP/2 only the stream ends (RFC 8441 §5), and the connection's other
+// streams go on: "Connection: close" there would make Go's server send
+// GOAWAY.
+func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, resp *http.Response, conn net.Conn) error {
 	dst := w.Header()
 	named := resp.Header["Connection"]
 	for k, vv := range resp.Header {
@@ -638,11 +647,44 @@ func (p *Proxy) relay(w http.ResponseWriter, r *http.Request, resp *http.Respons
 		dst.Set("Connection", "close")
 	}
 	w.WriteHeader(resp.StatusCode)
-	if p.cfg.handshakeTimeout > 0 {
-		conn.SetDeadline(time.Now().Add(p.cfg.handshakeTimeout))
+	rc := http.NewResponseController(w)
+	rc.Flush()
+	buf := make([]byte, 8<<10)
+	for {
+		if d := p.cfg.handshakeTimeout; d > 0 {
+			conn.SetReadDeadline(time.Now().Add(d))
+			rc.SetWriteDeadline(time.Now().Add(d))
+		}
+		n, err := resp.Body.Read(buf)
+		if n > 0 {
+			if _, err := w.Write(buf[:n]); err != nil {
+				return nil // the client is gone: there is no one to tell
+			}
+			if err == nil {
+				// The last part is not flushed: the server sends it as the
+				// handler returns, so the client sees the end only once the
+				// proxy has given back what the request held (its admission
+				// place), and may try again at once.
+				rc.Flush()
+			}
+		}
+		switch {
+		case err == io.EOF:
+			return nil
+		case err != nil:
+			return err
+		}
 	}
-	io.Copy(w, resp.Body)
-	resp.Body.Close()
+}
+
+// abortResponse ends a response that cannot be completed, as
+// httputil.ReverseProxy does: the server closes the HTTP/1.1 connection
+// without the chunked terminator or the bytes Content-Length promised, or
+// resets the HTTP/2 stream, so the client sees a broken response rather
+// than a short one that looks whole. A middleware that recovers panics
+// must let http.ErrAbortHandler through.
+func abortResponse() {
+	panic(http.ErrAbortHandler)
 }
 
 // answerHeader is what the client's success answer (101, or 200 over

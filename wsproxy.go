@@ -8,13 +8,39 @@
 // long-lived connections, timeouts that never kill a quiet healthy tunnel,
 // and a Shutdown that closes tunnels politely with close frames.
 //
-//	p, err := wsproxy.New([]string{"ws://127.0.0.1:9001", "ws://127.0.0.1:9002"})
+// The body of a complete program (examples/quickstart, the README's Quick
+// start):
+//
+//	// The backends come from the command line: ws://10.0.0.1:9001 ws://10.0.0.2:9001
+//	p, err := wsproxy.New(os.Args[1:])
 //	if err != nil {
 //		log.Fatal(err)
 //	}
 //	mux := http.NewServeMux()
-//	mux.Handle("GET /ws", p)
-//	log.Fatal(http.ListenAndServe(":8080", mux))
+//	// No method in the pattern: browsers open WebSockets with GET over HTTP/1.1
+//	// but with CONNECT over HTTP/2 (RFC 8441), and "GET /ws" would answer those 405.
+//	mux.Handle("/ws", p)
+//	srv := &http.Server{Addr: "127.0.0.1:8080", Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+//	go func() {
+//		if err := srv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+//			log.Fatal(err)
+//		}
+//	}()
+//	log.Printf("listening on http://%s, WebSockets on /ws", srv.Addr)
+//
+//	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+//	defer stop()
+//	<-ctx.Done()
+//	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+//	defer cancel()
+//	// The proxy first: every tunnel gets close code 1001 and ends. The server
+//	// does not see hijacked tunnels, and would wait for HTTP/2 ones until ctx ends.
+//	if err := p.Shutdown(ctx); err != nil {
+//		log.Print(err)
+//	}
+//	if err := srv.Shutdown(ctx); err != nil {
+//		log.Print(err)
+//	}
 //
 // # The request path
 //
@@ -61,10 +87,13 @@
 // the key it sent, choosing only a subprotocol and extensions the client
 // offered. Any other 101 is answered with 502 and the backend connection is
 // closed. Any other status (401, 403, 426, 500...) is relayed to the client
-// with its end-to-end headers and body, and the client connection is closed
-// afterwards: no tunnel, no second request (the "WebSocket smuggling" class
-// of bugs). A backend that cannot be reached gets 502, one that does not
-// answer in time 504.
+// with its end-to-end headers and body, streamed as it arrives, and the
+// client connection is closed afterwards: no tunnel, no second request (the
+// "WebSocket smuggling" class of bugs). A body the backend cuts short is
+// cut short for the client too (the handler panics with
+// http.ErrAbortHandler, as httputil.ReverseProxy does), never completed. A
+// backend that cannot be reached gets 502, one that does not answer in time
+// 504.
 //
 // # Origin policy
 //
@@ -128,7 +157,8 @@
 // weight=N, max_conns=N (a full target is skipped; when all are, the client
 // gets 503) and backup (used only when no primary can take the tunnel).
 // Passive health (WithPassiveHealth, nginx max_fails=1 fail_timeout=10s)
-// takes a target whose dial or handshake failed out of rotation for a
+// takes a target whose dial or handshake failed, or that answered an
+// upgrade with a 5xx other than 501 and 505, out of rotation for a
 // cool-down, after which one request tries it again (and when every target
 // is out by passive health alone, all are tried); WithHealthCheck adds
 // active probes with a real WebSocket handshake. A failed dial or backend
@@ -150,9 +180,10 @@
 // client and WithHandshakeRate limits how fast a client may open them (429),
 // all with Retry-After and checked before any backend is dialled. A client
 // is an IPv4 address or an IPv6 /64, found through WithTrustedProxies when
-// the proxy sits behind others. All three are off by default: behind a load
-// balancer the proxy is not told about, every client would share one
-// address. Slow clients are the http.Server's to cut: set ReadHeaderTimeout
+// the proxy sits behind others. The global cap is on by default, at what
+// the process's descriptor limit can hold (see WithMaxTunnels); the two
+// per-client limits are off by default: behind a load balancer the proxy is
+// not told about, every client would share one address. Slow clients are the http.Server's to cut: set ReadHeaderTimeout
 // (a few seconds) and MaxHeaderBytes; neither affects established tunnels.
 //
 // # Shutdown
@@ -219,6 +250,9 @@ type Proxy struct {
 
 	limits limiter // admission caps and rates (limits.go)
 
+	warns  warnLimiter   // rate limits warnings (logging.go)
+	alerts alertCounters // refusals an operator must act on
+
 	total, rejected, failures atomic.Int64
 	closedUp, closedDown      trafficCounters
 
@@ -253,9 +287,14 @@ type targetSet struct {
 // It validates every target and option and reports all problems at once.
 func New(targets []string, opts ...Option) (*Proxy, error) {
 	cfg := defaultConfig()
-	for _, o := range opts {
+	for i, o := range opts {
+		if o == nil {
+			cfg.errorf("New", "option %d is nil", i+1)
+			continue
+		}
 		o.apply(&cfg)
 	}
+	cfg.checkConflicts()
 	var set *targetSet
 	targets, err := initialTargets(&cfg, targets)
 	if err == nil {
@@ -264,7 +303,6 @@ func New(targets []string, opts ...Option) (*Proxy, error) {
 	if err != nil {
 		cfg.errs = append(cfg.errs, err)
 	}
-	cfg.checkCombinations()
 	if len(cfg.errs) > 0 {
 		return nil, errors.Join(cfg.errs...)
 	}
@@ -426,13 +464,20 @@ func (p *Proxy) gate(w http.ResponseWriter, r *http.Request) (admission, bool) {
 // 500...) to the client as it is; the connection to the backend is never
 // reused.
 func (p *Proxy) refused(w http.ResponseWriter, r *http.Request, t *Target, resp *http.Response, back net.Conn, br *bufioReader) {
-	p.relay(w, r, resp, back)
+	cut := p.relay(w, r, resp, back)
 	putReader(br) // after the body, which is read through it
 	back.Close()
 	t.open.Add(-1)
+	t.countRefusal(resp.StatusCode)
 	p.rejected.Add(1)
-	p.notifyReject(r, &BackendError{Target: t.raw, Op: "upgrade", Status: resp.StatusCode,
-		Err: fmt.Errorf("%w: status %d", ErrUpgradeRefused, resp.StatusCode)})
+	err := fmt.Errorf("%w: status %d", ErrUpgradeRefused, resp.StatusCode)
+	if cut != nil {
+		err = fmt.Errorf("%w: status %d, body cut short: %w", ErrUpgradeRefused, resp.StatusCode, cut)
+	}
+	p.notifyReject(r, &BackendError{Target: t.raw, Op: "upgrade", Status: resp.StatusCode, Err: err})
+	if cut != nil {
+		abortResponse()
+	}
 }
 
 // connect picks a target, dials it and performs the backend handshake,
@@ -473,6 +518,11 @@ func (p *Proxy) connect(r *http.Request, aff *affinity) (*Target, net.Conn, *htt
 			err = &BackendError{Target: t.raw, Op: "upgrade", Status: resp.StatusCode,
 				Err: fmt.Errorf("%w: status %d", ErrUpgradeRefused, resp.StatusCode)}
 			p.reportFailure(t, err)
+		case err == nil && unhealthyStatus(resp.StatusCode):
+			// Relayed, and counted against the target (logging.go).
+			p.reportFailure(t, &BackendError{Target: t.raw, Op: "upgrade", Status: resp.StatusCode,
+				Err: fmt.Errorf("%w: status %d", ErrUpgradeRefused, resp.StatusCode)})
+			return t, conn, resp, br, nil
 		case err == nil:
 			t.health.succeeded()
 			return t, conn, resp, br, nil
@@ -670,7 +720,7 @@ func (p *Proxy) launch(r *http.Request, t *Target, client net.Conn, clientBuf []
 	}
 	tn.start(clientBuf, backBuf)
 	if shuttingDown {
-		go tn.politeClose(1001, 1001, "shutdown")
+		go tn.politeClose(1001, 1001, ReasonShutdown)
 	}
 	return tn
 }
@@ -745,10 +795,7 @@ func (p *Proxy) debug() bool {
 }
 
 func (p *Proxy) notifyReject(r *http.Request, err error) {
-	var be *BackendError
-	if errors.As(err, &be) && be.Status == 0 {
-		p.log.Warn("wsproxy: backend failed", "target", be.Target, "remote_addr", r.RemoteAddr, "err", err)
-	} else if p.debug() {
+	if !p.alert(r, err) && p.debug() { // logging.go
 		p.log.Debug("wsproxy: upgrade rejected", "remote_addr", r.RemoteAddr, "path", r.URL.Path, "err", err)
 	}
 	if h := p.cfg.hooks.OnReject; h != nil {
@@ -820,10 +867,13 @@ func (p *Proxy) tunnelClosed(tn *tunnel, info CloseInfo) {
 	p.mu.Unlock()
 
 	if p.debug() {
-		attrs := []any{"target", info.Target, "remote_addr", info.RemoteAddr, "duration", info.Duration,
+		attrs := []any{"target", info.Target, "remote_addr", info.RemoteAddr, "path", info.Path, "duration", info.Duration,
 			"bytes_in", info.ClientToBackend.Bytes, "bytes_out", info.BackendToClient.Bytes}
 		if info.Reason != "" {
 			attrs = append(attrs, "reason", info.Reason)
+		}
+		if info.Detail != "" {
+			attrs = append(attrs, "detail", info.Detail)
 		}
 		if info.Err != nil {
 			attrs = append(attrs, "err", info.Err)
@@ -850,7 +900,9 @@ func (p *Proxy) checkDrainedLocked() {
 // waits until every tunnel is closed. If ctx ends first, it closes the
 // remaining tunnels at once and returns ctx.Err(). It may be called more
 // than once, and together with http.Server.Shutdown, which does not see
-// hijacked connections.
+// hijacked connections. HTTP requests (WithHTTP) are not tunnels: they go on
+// being served, and http.Server.Shutdown waits for them; Close, or the end
+// of ctx, aborts those still in flight.
 func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.stopBackground()
 	p.mu.Lock()
@@ -866,7 +918,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.mu.Unlock()
 
 	for _, tn := range open {
-		go tn.politeClose(1001, 1001, "shutdown")
+		go tn.politeClose(1001, 1001, ReasonShutdown)
 	}
 	select {
 	case <-drained:
@@ -895,7 +947,7 @@ func (p *Proxy) Close() error {
 		p.http.tr.CloseIdleConnections()
 	}
 	for _, tn := range open {
-		tn.abort("shutdown")
+		tn.abort(ReasonShutdown)
 	}
 	<-drained
 	return nil
@@ -918,6 +970,9 @@ func (p *Proxy) Stats() Stats {
 		HTTPRequests: p.httpTotal.Load(),
 		HTTPFailures: p.httpFailures.Load(),
 		Affinity:     p.affinity.snapshot(),
+
+		MaxTunnelsReached: p.alerts.tunnelCap.Load(),
+		NotHijackable:     p.alerts.notHijackable.Load(),
 	}
 	live := make(map[*Target]*TargetStats)
 	all := p.set.Load().all
@@ -934,6 +989,8 @@ func (p *Proxy) Stats() Stats {
 			HTTPFailures:    t.stats.httpFailures.Load(),
 			Total:           t.stats.total.Load(),
 			Failures:        t.stats.failures.Load(),
+			Refused:         t.stats.refused.Load(),
+			NotEndpoint:     t.stats.notEndpoint.Load(),
 			ClientToBackend: Traffic{Bytes: t.stats.bytesIn.Load(), Messages: t.stats.msgsIn.Load()},
 			BackendToClient: Traffic{Bytes: t.stats.bytesOut.Load(), Messages: t.stats.msgsOut.Load()},
 			Backup:          t.Backup,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Static checks for every Go module of the repository: go vet, gofmt,
-# staticcheck and govulncheck. The two tools are installed into
-# $(go env GOPATH)/bin (or GOBIN) when missing and called by full path.
+# Static checks for every Go module of the repository: go vet (for the
+# host and for each system of CROSS_GOOS), gofmt, staticcheck and
+# govulncheck. The two tools are installed into $(go env GOPATH)/bin (or
+# GOBIN) when missing and called by full path.
 #
 #   scripts/static.sh                 all modules
 #   GOVULNDB=file:///path scripts/static.sh   a local vulnerability database
@@ -18,6 +19,9 @@ export GOFLAGS=${GOFLAGS:--buildvcs=false}
 # cannot be built from the module proxy.
 STATICCHECK_VERSION=${STATICCHECK_VERSION:-latest}
 GOVULNCHECK_VERSIONS=${GOVULNCHECK_VERSIONS:-"latest v1.1.4"}
+# Systems every module is vetted for, the host's own once: it catches code
+# that compiles on some only (a field whose type differs, a missing build tag).
+CROSS_GOOS=${CROSS_GOOS:-"linux darwin windows freebsd dragonfly"}
 
 bindir=$(go env GOBIN)
 [ -n "$bindir" ] || bindir="$(go env GOPATH)/bin"
@@ -35,8 +39,9 @@ if [ ! -x "$govulncheck" ]; then
   done
 fi
 
+hostos=$(go env GOOS)
 fail=0
-report() { printf '%-12s %-28s %s\n' "$1" "$2" "$3"; }
+report() { printf '%-14s %-28s %s\n' "$1" "$2" "$3"; }
 
 mapfile -t modules < <(find . -name go.mod -not -path '*/node_modules/*' -printf '%h\n' | sort)
 for m in "${modules[@]}"; do
@@ -53,6 +58,18 @@ for m in "${modules[@]}"; do
   else
     report gofmt "$m" FAIL; echo "$out"; fail=1
   fi
+
+  # Every package, tests included, must compile for each system the
+  # library supports; go vet type-checks without linking, so no toolchain
+  # for the target is needed.
+  for goos in $CROSS_GOOS; do
+    [ "$goos" != "$hostos" ] || continue # vetted above
+    if out=$(cd "$m" && GOOS=$goos GOARCH=amd64 CGO_ENABLED=0 go vet ./... 2>&1); then
+      report "vet $goos" "$m" ok
+    else
+      report "vet $goos" "$m" FAIL; echo "$out"; fail=1
+    fi
+  done
 
   if out=$(cd "$m" && "$staticcheck" ./... 2>&1); then
     report staticcheck "$m" ok

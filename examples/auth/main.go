@@ -1,35 +1,40 @@
 // Command auth authenticates WebSocket upgrades before they reach the
 // backend: the browser's session cookie (or an Authorization: Bearer
-// header from other clients) must carry a valid HS256 JWT, and the user it
-// names is passed to the backend in X-User. Requests without a valid token
-// get 401 and never touch a backend.
+// header from other clients) must carry a valid HS256 JWT, verified with
+// github.com/golang-jwt/jwt/v5, and the user it names is passed to the
+// backend in X-User. Requests without a valid token get 401 and never
+// touch a backend.
 //
-//	go run ./examples/auth -backend ws://127.0.0.1:9001 -secret s3cret
-//	go run ./examples/auth -token alice -secret s3cret   # prints a token to try
+//	go run . -token alice -secret s3cret   # prints a token to try
+//	go run . -secret s3cret                # built-in backend: greets the user, then echoes
+//	go run . -secret s3cret -backend ws://127.0.0.1:9001
 package main
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"log"
+	"net"
 	"net/http"
+	"os"
+	"os/signal"
 	"strings"
+	"syscall"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
+
 	"github.com/wsproxy/wsproxy"
+	"github.com/wsproxy/wsproxy/examples/internal/echo"
 )
 
 type userKey struct{}
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:8080", "address to listen on")
-	backend := flag.String("backend", "ws://127.0.0.1:9001", "WebSocket backend")
+	backend := flag.String("backend", "", "WebSocket backend URL (default: a built-in backend that greets the user, then echoes)")
 	secret := flag.String("secret", "", "HMAC secret of the tokens (required)")
 	mint := flag.String("token", "", "print a one-hour token for this user and exit")
 	flag.Parse()
@@ -37,11 +42,53 @@ func main() {
 		log.Fatal("-secret is required")
 	}
 	if *mint != "" {
-		fmt.Println(sign([]byte(*secret), claims{Sub: *mint, Exp: time.Now().Add(time.Hour).Unix()}))
+		token, err := sign([]byte(*secret), *mint, time.Hour)
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(token)
 		return
 	}
+	target, stopBackend, err := echo.OrBuiltIn(*backend, func(r *http.Request) string {
+		return "hello " + r.Header.Get("X-User")
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer stopBackend()
 
-	p, err := wsproxy.New([]string{*backend},
+	p, err := newProxy(target)
+	if err != nil {
+		log.Fatal(err)
+	}
+	mux := http.NewServeMux()
+	// No method in the pattern: HTTP/2 WebSockets are CONNECT requests.
+	mux.Handle("/ws", requireUser([]byte(*secret), p))
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			log.Fatal(err)
+		}
+	}()
+	log.Printf("listening on http://%s, WebSockets on /ws with a token", ln.Addr())
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	<-ctx.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p.Shutdown(ctx) // first: tunnels get 1001
+	srv.Shutdown(ctx)
+}
+
+// newProxy returns a proxy that passes the verified user to target in
+// X-User.
+func newProxy(target string) (*wsproxy.Proxy, error) {
+	return wsproxy.New([]string{target},
 		// The user comes from the verified token, never from the client's
 		// own headers: the hook overwrites any X-User the client sent.
 		wsproxy.WithRewrite(func(pr *wsproxy.ProxyRequest) {
@@ -51,14 +98,6 @@ func main() {
 			}
 		}),
 	)
-	if err != nil {
-		log.Fatal(err)
-	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /ws", requireUser([]byte(*secret), p))
-	srv := &http.Server{Addr: *listen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	log.Printf("listening on %s", *listen)
-	log.Fatal(srv.ListenAndServe())
 }
 
 // requireUser lets a request through only with a valid token, and puts the
@@ -71,56 +110,42 @@ func requireUser(secret []byte, next http.Handler) http.Handler {
 		} else if h, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
 			token = h
 		}
-		cl, err := verify(secret, token, time.Now())
+		user, err := verify(secret, token)
 		if err != nil {
 			http.Error(w, "unauthorized: "+err.Error(), http.StatusUnauthorized)
 			return
 		}
-		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), userKey{}, cl.Sub)))
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), userKey{}, user)))
 	})
 }
 
-type claims struct {
-	Sub string `json:"sub"`
-	Exp int64  `json:"exp"`
+// sign returns an HS256 token for user that expires after ttl.
+func sign(secret []byte, user string, ttl time.Duration) (string, error) {
+	now := time.Now()
+	return jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.RegisteredClaims{
+		Subject:   user,
+		IssuedAt:  jwt.NewNumericDate(now),
+		ExpiresAt: jwt.NewNumericDate(now.Add(ttl)),
+	}).SignedString(secret)
 }
 
-var b64 = base64.RawURLEncoding
+// errNoSubject is a valid token that names nobody.
+var errNoSubject = errors.New("token has no subject")
 
-const jwtHeader = `{"alg":"HS256","typ":"JWT"}`
-
-func sign(secret []byte, c claims) string {
-	body, _ := json.Marshal(c)
-	msg := b64.EncodeToString([]byte(jwtHeader)) + "." + b64.EncodeToString(body)
-	mac := hmac.New(sha256.New, secret)
-	mac.Write([]byte(msg))
-	return msg + "." + b64.EncodeToString(mac.Sum(nil))
-}
-
-// verify checks an HS256 JWT: only that algorithm, a valid signature, an
-// expiry in the future and a subject.
-func verify(secret []byte, token string, now time.Time) (claims, error) {
-	var c claims
-	parts := strings.Split(token, ".")
-	if len(parts) != 3 {
-		return c, errors.New("malformed token")
+// verify returns the user a token names. Only HS256 is accepted (never
+// "none", never a key confusion with another algorithm), with a valid
+// signature and an expiry in the future.
+func verify(secret []byte, token string) (string, error) {
+	var claims jwt.RegisteredClaims
+	_, err := jwt.ParseWithClaims(token, &claims, func(*jwt.Token) (any, error) { return secret, nil },
+		jwt.WithValidMethods([]string{jwt.SigningMethodHS256.Alg()}),
+		jwt.WithExpirationRequired(),
+	)
+	if err != nil {
+		return "", err
 	}
-	hdr, err := b64.DecodeString(parts[0])
-	if err != nil || string(hdr) != jwtHeader {
-		return c, errors.New("unsupported token header")
+	if claims.Subject == "" {
+		return "", errNoSubject
 	}
-	mac := hmac.New(sha256.New, secret)
-	mac.Write([]byte(parts[0] + "." + parts[1]))
-	sig, err := b64.DecodeString(parts[2])
-	if err != nil || !hmac.Equal(sig, mac.Sum(nil)) {
-		return c, errors.New("bad signature")
-	}
-	body, err := b64.DecodeString(parts[1])
-	if err != nil || json.Unmarshal(body, &c) != nil {
-		return c, errors.New("malformed claims")
-	}
-	if c.Sub == "" || now.Unix() >= c.Exp {
-		return c, errors.New("expired or anonymous token")
-	}
-	return c, nil
+	return claims.Subject, nil
 }

@@ -7,58 +7,111 @@ import (
 	"testing"
 	"time"
 
+	"github.com/golang-jwt/jwt/v5"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/net/websocket"
 
-	"github.com/wsproxy/wsproxy"
+	"github.com/wsproxy/wsproxy/examples/internal/echo"
 )
 
+var secret = []byte("s3cret")
+
+func mustSign(t *testing.T, method jwt.SigningMethod, key any, claims jwt.Claims) string {
+	t.Helper()
+	token, err := jwt.NewWithClaims(method, claims).SignedString(key)
+	require.NoError(t, err)
+	return token
+}
+
+func TestVerify(t *testing.T) {
+	t.Parallel()
+	good, err := sign(secret, "alice", time.Hour)
+	require.NoError(t, err)
+	expired, err := sign(secret, "alice", -time.Minute)
+	require.NoError(t, err)
+	forged, err := sign([]byte("other"), "alice", time.Hour)
+	require.NoError(t, err)
+	inAnHour := jwt.NewNumericDate(time.Now().Add(time.Hour))
+
+	tests := []struct {
+		name string
+		give string
+		want error
+	}{
+		{"expired", expired, jwt.ErrTokenExpired},
+		{"other secret", forged, jwt.ErrTokenSignatureInvalid},
+		{"alg none", mustSign(t, jwt.SigningMethodNone, jwt.UnsafeAllowNoneSignatureType,
+			jwt.RegisteredClaims{Subject: "alice", ExpiresAt: inAnHour}), jwt.ErrTokenSignatureInvalid},
+		{"HS512 with the same secret", mustSign(t, jwt.SigningMethodHS512, secret,
+			jwt.RegisteredClaims{Subject: "alice", ExpiresAt: inAnHour}), jwt.ErrTokenSignatureInvalid},
+		{"no expiry", mustSign(t, jwt.SigningMethodHS256, secret,
+			jwt.RegisteredClaims{Subject: "alice"}), jwt.ErrTokenRequiredClaimMissing},
+		{"no subject", mustSign(t, jwt.SigningMethodHS256, secret,
+			jwt.RegisteredClaims{ExpiresAt: inAnHour}), errNoSubject},
+		{"not a token", "abc", jwt.ErrTokenMalformed},
+		{"missing", "", jwt.ErrTokenMalformed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := verify(secret, tt.give)
+			assert.ErrorIs(t, err, tt.want)
+		})
+	}
+	user, err := verify(secret, good)
+	require.NoError(t, err)
+	assert.Equal(t, "alice", user)
+}
+
+// TestAuth runs the example's proxy and middleware in front of its built-in
+// backend, which greets the user named in X-User.
 func TestAuth(t *testing.T) {
-	secret := []byte("s3cret")
-	backend := httptest.NewServer(websocket.Server{
-		Handshake: func(*websocket.Config, *http.Request) error { return nil },
-		Handler: func(c *websocket.Conn) {
-			websocket.Message.Send(c, "hello "+c.Request().Header.Get("X-User"))
-		},
-	})
-	defer backend.Close()
-	p, err := wsproxy.New([]string{"ws://" + backend.Listener.Addr().String()}, wsproxy.WithRewrite(func(pr *wsproxy.ProxyRequest) {
-		pr.Out.Header.Del("X-User")
-		if user, ok := pr.In.Context().Value(userKey{}).(string); ok {
-			pr.Out.Header.Set("X-User", user)
-		}
-	}))
+	t.Parallel()
+	backend, stop, err := echo.OrBuiltIn("", func(r *http.Request) string { return "hello " + r.Header.Get("X-User") })
+	require.NoError(t, err)
+	defer stop()
+	p, err := newProxy(backend)
 	require.NoError(t, err)
 	srv := httptest.NewServer(requireUser(secret, p))
 	defer func() { p.Close(); srv.Close() }()
 	url := "ws" + strings.TrimPrefix(srv.URL, "http")
 
-	dial := func(header http.Header) (string, error) {
-		cfg, _ := websocket.NewConfig(url, srv.URL)
+	good, err := sign(secret, "alice", time.Hour)
+	require.NoError(t, err)
+	for _, header := range []http.Header{
+		{"Cookie": {"session=" + good}, "X-User": {"mallory"}},
+		{"Authorization": {"Bearer " + good}},
+	} {
+		cfg, err := websocket.NewConfig(url, srv.URL)
+		require.NoError(t, err)
 		cfg.Header = header
 		c, err := websocket.DialConfig(cfg)
-		if err != nil {
-			return "", err
-		}
-		defer c.Close()
+		require.NoError(t, err)
 		var msg string
-		err = websocket.Message.Receive(c, &msg)
-		return msg, err
+		require.NoError(t, websocket.Message.Receive(c, &msg))
+		assert.Equal(t, "hello alice", msg, "the backend got the verified user, not the client's X-User")
+		require.NoError(t, websocket.Message.Send(c, "ping"))
+		require.NoError(t, websocket.Message.Receive(c, &msg))
+		assert.Equal(t, "ping", msg)
+		c.Close()
 	}
-	good := sign(secret, claims{Sub: "alice", Exp: time.Now().Add(time.Hour).Unix()})
-	msg, err := dial(http.Header{"Cookie": {"session=" + good}, "X-User": {"mallory"}})
-	require.NoError(t, err)
-	assert.Equal(t, "hello alice", msg)
 
-	msg, err = dial(http.Header{"Authorization": {"Bearer " + good}})
+	expired, err := sign(secret, "alice", -time.Minute)
 	require.NoError(t, err)
-	assert.Equal(t, "hello alice", msg)
-
-	expired := sign(secret, claims{Sub: "alice", Exp: time.Now().Add(-time.Minute).Unix()})
-	forged := sign([]byte("other"), claims{Sub: "alice", Exp: time.Now().Add(time.Hour).Unix()})
-	for _, h := range []http.Header{nil, {"Cookie": {"session=" + expired}}, {"Cookie": {"session=" + forged}}} {
-		_, err := dial(h)
-		assert.Error(t, err)
+	for _, header := range []http.Header{{}, {"Cookie": {"session=" + expired}}, {"Authorization": {"Bearer x.y.z"}}} {
+		req, err := http.NewRequest(http.MethodGet, srv.URL, nil)
+		require.NoError(t, err)
+		req.Header = header
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", "websocket")
+		req.Header.Set("Sec-WebSocket-Version", "13")
+		req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		assert.Equal(t, http.StatusUnauthorized, resp.StatusCode)
 	}
+	st := p.Stats()
+	assert.Equal(t, int64(2), st.Total, "only the two good handshakes reached the proxy")
+	assert.Zero(t, st.Rejected)
 }

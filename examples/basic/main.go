@@ -1,7 +1,8 @@
 // Command basic mounts wsproxy on an http.ServeMux route, behind a logging
 // middleware, next to ordinary handlers:
 //
-//	go run ./examples/basic -backend ws://127.0.0.1:9001
+//	go run ./examples/basic                               # built-in echo backend
+//	go run ./examples/basic -backend ws://127.0.0.1:9001  # yours
 //
 // The middleware wraps the ResponseWriter and implements Unwrap, which is
 // all wsproxy needs to hijack the connection through it.
@@ -9,9 +10,11 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"log"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -19,14 +22,20 @@ import (
 	"time"
 
 	"github.com/wsproxy/wsproxy"
+	"github.com/wsproxy/wsproxy/examples/internal/echo"
 )
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:8080", "address to listen on")
-	backend := flag.String("backend", "ws://127.0.0.1:9001", "WebSocket backend")
+	backend := flag.String("backend", "", "WebSocket backend URL (default: a built-in echo backend)")
 	flag.Parse()
+	target, stopBackend, err := echo.OrBuiltIn(*backend, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer stopBackend()
 
-	p, err := wsproxy.New([]string{*backend},
+	p, err := wsproxy.New([]string{target},
 		wsproxy.WithAllowedOrigins("localhost"), // any port: a page served by a dev server
 		wsproxy.WithIdleTimeout(10*time.Minute),
 	)
@@ -35,28 +44,34 @@ func main() {
 	}
 
 	mux := http.NewServeMux()
-	mux.Handle("GET /ws/{room}", p) // the path, room included, goes to the backend
+	// No method in the WebSocket pattern: HTTP/1.1 WebSockets are GET
+	// requests, HTTP/2 ones CONNECT (RFC 8441). The path, room included,
+	// goes to the backend.
+	mux.Handle("/ws/{room}", p)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("ok\n")) })
 
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		log.Fatal(err)
+	}
 	srv := &http.Server{
-		Addr:              *listen,
 		Handler:           logRequests(mux),
 		ReadHeaderTimeout: 10 * time.Second, // bounds slow handshakes (slowloris)
 	}
 	go func() {
-		log.Printf("listening on http://%s, proxying /ws/{room} to %s", *listen, *backend)
-		if err := srv.ListenAndServe(); err != http.ErrServerClosed {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			log.Fatal(err)
 		}
 	}()
+	log.Printf("listening on http://%s, proxying /ws/{room} to %s", ln.Addr(), target)
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	<-ctx.Done()
-	shutdown, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	srv.Shutdown(shutdown) // plain HTTP requests
-	p.Shutdown(shutdown)   // WebSocket tunnels: the server does not see them
+	p.Shutdown(ctx)   // first: WebSocket tunnels get 1001; the server does not see them
+	srv.Shutdown(ctx) // then plain HTTP requests
 }
 
 // statusRecorder is a typical logging middleware's ResponseWriter.

@@ -1,5 +1,5 @@
 // Command metrics runs wsproxy in front of an echo backend and exports its
-// Stats and hooks to Prometheus on /metrics:
+// Stats and hooks to Prometheus on /metrics with package wsprom:
 //
 //	go run . -listen 127.0.0.1:8080
 //	curl -s 127.0.0.1:8080/metrics | grep wsproxy_
@@ -8,10 +8,15 @@
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"log"
 	"net"
 	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -19,6 +24,7 @@ import (
 	"golang.org/x/net/websocket"
 
 	"github.com/wsproxy/wsproxy"
+	"github.com/wsproxy/wsproxy/examples/metrics/wsprom"
 )
 
 func main() {
@@ -32,18 +38,34 @@ func main() {
 		}
 		*backend = "ws://" + addr
 	}
-	handler, _, err := newServer([]string{*backend})
+	handler, p, err := newServer([]string{*backend})
 	if err != nil {
 		log.Fatal(err)
 	}
-	log.Printf("proxy on ws://%s/ws, metrics on http://%s/metrics", *listen, *listen)
-	srv := &http.Server{Addr: *listen, Handler: handler, ReadHeaderTimeout: 10 * time.Second}
-	log.Fatal(srv.ListenAndServe())
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			log.Fatal(err)
+		}
+	}()
+	log.Printf("listening on http://%s: the proxy on /ws, metrics on /metrics", ln.Addr())
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	<-ctx.Done()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	p.Shutdown(ctx) // first: tunnels get 1001
+	srv.Shutdown(ctx)
 }
 
 // newServer wires a proxy, its collector and the /metrics endpoint.
 func newServer(targets []string) (http.Handler, *wsproxy.Proxy, error) {
-	collector := NewCollector()
+	collector := wsprom.New(wsprom.Options{})
 	p, err := wsproxy.New(targets, wsproxy.WithHooks(collector.Hooks()))
 	if err != nil {
 		return nil, nil, err
@@ -52,7 +74,7 @@ func newServer(targets []string) (http.Handler, *wsproxy.Proxy, error) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collector)
 	mux := http.NewServeMux()
-	mux.Handle("GET /ws", p)
+	mux.Handle("/ws", p) // no method: HTTP/2 WebSockets are CONNECT requests
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	return mux, p, nil
 }

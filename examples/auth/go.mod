@@ -1,0 +1,17 @@
+module github.com/wsproxy/wsproxy/examples/auth
+
+go 1.25.0
+
+require (
+	github.com/golang-jwt/jwt/v5 v5.3.1
+	github.com/stretchr/testify v1.12.1
+	github.com/wsproxy/wsproxy v0.0.0-00010101000000-000000000000
+	golang.org/x/net v0.58.0
+)
+
+require (
+	go.yaml.in/yaml/v3 v3.0.5 // indirect
+	golang.org/x/text v0.41.0 // indirect
+)
+
+replace github.com/wsproxy/wsproxy => ../..
