@@ -677,11 +677,11 @@ func (p *pump) process(data []byte, now int64) error {
 			p.flush(data[seg:i], false)
 			return invalidFrame(ev.Err)
 		case wsframe.DataFrame:
-			if ev.Header.Fin {
+			if ev.Fin {
 				p.messages.Add(1)
 			}
 		case wsframe.Control:
-			switch p.control(data[i:i+n], ev.Header) {
+			switch p.control(data[i:i+n], ev.OpCode) {
 			case dropFrame:
 				if err := p.flush(data[seg:i], false); err != nil {
 					return err
@@ -726,10 +726,10 @@ const (
 
 // control looks at a whole control frame from src and says what to do
 // with it; a close frame's code is recorded.
-func (p *pump) control(frame []byte, h wsframe.Header) int {
+func (p *pump) control(frame []byte, op byte) int {
 	var buf [wsframe.MaxControlPayload]byte
-	pl := wsframe.ControlPayload(frame, h, &buf)
-	switch h.OpCode {
+	pl := wsframe.ControlPayload(frame, &buf)
+	switch op {
 	case wsframe.OpPong:
 		if p.t.isOwnPong(pl) {
 			return dropFrame

@@ -37,10 +37,11 @@ const (
 	// More: data ends inside a frame header or a control frame. Pass the
 	// rest of data to Carry and call Next again when more bytes came.
 	More Kind = iota
-	// Payload: n bytes of the current data frame's payload.
+	// Payload: n bytes of the current data frame's payload, the rest of
+	// it that an earlier read did not hold.
 	Payload
-	// DataFrame: the header of a data frame, n bytes; its payload follows
-	// as Payload events (none if it is empty).
+	// DataFrame: the header of a data frame and as much of its payload as
+	// data holds, n bytes; Remaining says how much of it is still to come.
 	DataFrame
 	// Control: a whole control frame, header and payload, n bytes.
 	Control
@@ -49,11 +50,13 @@ const (
 	Invalid
 )
 
-// An Event is one step through a stream.
+// An Event is one step through a stream. It is small enough to be
+// returned in registers: Next runs once or twice per frame.
 type Event struct {
 	Kind   Kind
-	Header Header // for DataFrame and Control
-	Err    error  // for Invalid
+	OpCode byte  // for DataFrame and Control
+	Fin    bool  // for DataFrame: the frame ends its message
+	Err    error // for Invalid
 }
 
 // Errors the tracker reports on top of ParseHeader's.
@@ -78,28 +81,29 @@ func (t *Tracker) Next(data []byte, r Rules) (Event, int) {
 	case n == 0:
 		return Event{Kind: More}, 0
 	case err != nil && err != ErrNonMinimal:
-		return Event{Kind: Invalid, Header: h, Err: err}, 0
+		return Event{Kind: Invalid, Err: err}, 0
 	case h.Masked != r.Masked && r.Masked:
-		return Event{Kind: Invalid, Header: h, Err: ErrUnmasked}, 0
+		return Event{Kind: Invalid, Err: ErrUnmasked}, 0
 	case h.Masked != r.Masked:
-		return Event{Kind: Invalid, Header: h, Err: ErrMasked}, 0
+		return Event{Kind: Invalid, Err: ErrMasked}, 0
 	}
 	if h.IsControl() {
 		end := n + int(h.Length)
 		if end > len(data) {
 			return Event{Kind: More}, 0
 		}
-		return Event{Kind: Control, Header: h}, end
+		return Event{Kind: Control, OpCode: h.OpCode, Fin: true}, end
 	}
 	if h.OpCode != OpContinuation {
 		t.msgSize = 0
 	}
 	t.msgSize += h.Length
 	if r.MaxMessage > 0 && t.msgSize > r.MaxMessage {
-		return Event{Kind: Invalid, Header: h, Err: ErrTooBig}, 0
+		return Event{Kind: Invalid, Err: ErrTooBig}, 0
 	}
-	t.remaining = h.Length
-	return Event{Kind: DataFrame, Header: h}, n
+	k := min(uint64(len(data)-n), h.Length)
+	t.remaining = h.Length - k
+	return Event{Kind: DataFrame, OpCode: h.OpCode, Fin: h.Fin}, n + int(k)
 }
 
 // Remaining returns the payload bytes of the current data frame still to
@@ -140,10 +144,11 @@ func (t *Tracker) Restore(buf []byte, at int) (start int) {
 	return start
 }
 
-// ControlPayload copies the payload of a whole control frame (frame, with
-// its header h, as Next returned them) into dst, unmasked, and returns it.
-func ControlPayload(frame []byte, h Header, dst *[MaxControlPayload]byte) []byte {
-	pl := dst[:copy(dst[:], frame[len(frame)-int(h.Length):])]
+// ControlPayload copies the payload of a whole control frame (the n bytes
+// of a Control event) into dst, unmasked, and returns it.
+func ControlPayload(frame []byte, dst *[MaxControlPayload]byte) []byte {
+	h, n, _ := ParseHeader(frame)
+	pl := dst[:copy(dst[:], frame[n:])]
 	if h.Masked {
 		Mask(h.Mask, 0, pl)
 	}

@@ -147,15 +147,18 @@ func trackStream(s, cuts []byte, r Rules, check func(o int, tr *Tracker)) (frame
 				return frames, seen, at + i, ev.Err
 			case Payload:
 				seen[len(seen)-1] += uint64(m)
-			case DataFrame:
-				frames = append(frames, refFrame{start: at + i, hdr: m, op: ev.Header.OpCode, fin: ev.Header.Fin, length: ev.Header.Length})
-				seen = append(seen, 0)
-			case Control:
-				var pl [MaxControlPayload]byte
-				f := refFrame{start: at + i, hdr: m - int(ev.Header.Length), op: ev.Header.OpCode, fin: ev.Header.Fin, length: ev.Header.Length}
-				f.payload = append([]byte{}, ControlPayload(data[i:i+m], ev.Header, &pl)...)
+			case DataFrame, Control:
+				h, hdr, _ := ParseHeader(data[i:])
+				if ev.OpCode != h.OpCode || ev.Fin != h.Fin {
+					panic("the event's opcode or FIN is not the header's")
+				}
+				f := refFrame{start: at + i, hdr: hdr, op: h.OpCode, fin: h.Fin, length: h.Length}
+				if ev.Kind == Control {
+					var pl [MaxControlPayload]byte
+					f.payload = append([]byte{}, ControlPayload(data[i:i+m], &pl)...)
+				}
 				frames = append(frames, f)
-				seen = append(seen, 0)
+				seen = append(seen, uint64(m-hdr))
 			}
 			if m == 0 {
 				panic("Next made no progress")
