@@ -431,17 +431,58 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer p.leave()
 
 	var aff affinity
-	t, conn, resp, br, err := p.connect(r, &aff)
+	up, err := p.connect(r, &aff)
 	if err != nil {
 		p.reject(w, r, err)
 		return
 	}
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		p.refused(w, r, t, resp, conn, br)
+	defer up.release() // unless the tunnel took it over
+	if up.resp.StatusCode != http.StatusSwitchingProtocols {
+		p.refused(w, r, &up)
 		return
 	}
-	p.stick(r, &aff, t, resp.Header)
-	p.open(w, r, t, conn, resp, br, &slot)
+	p.stick(r, &aff, up.t, up.resp.Header)
+	p.open(w, r, &up, &slot)
+}
+
+// An upstream is the backend side of an upgrade on its way to a tunnel:
+// the target's slot that pick took, the connection, the backend's response
+// and the pooled reader it was read with. release gives back whatever it
+// still holds, and may be called any number of times; handOver passes the
+// slot and the connection to the tunnel instead.
+type upstream struct {
+	t    *Target
+	conn net.Conn
+	resp *http.Response
+	br   *bufioReader
+}
+
+// release gives the reader back to its pool, closes the connection and
+// frees the target's slot, as far as it still holds them.
+func (u *upstream) release() {
+	if u.br != nil {
+		putReader(u.br)
+		u.br = nil
+	}
+	if u.conn != nil {
+		u.conn.Close()
+		u.conn = nil
+	}
+	if u.t != nil {
+		u.t.open.Add(-1)
+		u.t = nil
+	}
+}
+
+// handOver returns the target, whose slot the tunnel now holds, the
+// connection, without the handshake's deadline, and the bytes the backend
+// sent after its 101 (early frames). release then does nothing.
+func (u *upstream) handOver() (*Target, net.Conn, []byte) {
+	t, conn, early := u.t, u.conn, buffered(u.br)
+	putReader(u.br)
+	conn.SetDeadline(time.Time{})
+	u.t, u.conn, u.br = nil, nil, nil
+	return t, conn, early
 }
 
 // gate applies what every upgrade passes after the checks of its own
@@ -463,11 +504,10 @@ func (p *Proxy) gate(w http.ResponseWriter, r *http.Request) (admission, bool) {
 // refused relays a backend's own answer to the upgrade (401, 403, 426,
 // 500...) to the client as it is; the connection to the backend is never
 // reused.
-func (p *Proxy) refused(w http.ResponseWriter, r *http.Request, t *Target, resp *http.Response, back net.Conn, br *bufioReader) {
-	cut := p.relay(w, r, resp, back)
-	putReader(br) // after the body, which is read through it
-	back.Close()
-	t.open.Add(-1)
+func (p *Proxy) refused(w http.ResponseWriter, r *http.Request, up *upstream) {
+	t, resp := up.t, up.resp
+	cut := p.relay(w, r, resp, up.conn)
+	up.release() // after the body, which is read through the reader
 	t.countRefusal(resp.StatusCode)
 	p.rejected.Add(1)
 	err := fmt.Errorf("%w: status %d", ErrUpgradeRefused, resp.StatusCode)
@@ -482,10 +522,10 @@ func (p *Proxy) refused(w http.ResponseWriter, r *http.Request, t *Target, resp 
 
 // connect picks a target, dials it and performs the backend handshake,
 // trying other targets (WithRetry) when that fails: all of it happens
-// before the client got a byte. On success it returns a response that is
-// either a valid 101 or a non-101 to relay; the target's open count was
-// taken and must be given back if no tunnel results.
-func (p *Proxy) connect(r *http.Request, aff *affinity) (*Target, net.Conn, *http.Response, *bufioReader, error) {
+// before the client got a byte. On success the upstream's response is
+// either a valid 101 or a non-101 to relay, and the caller releases the
+// upstream or hands it over to a tunnel.
+func (p *Proxy) connect(r *http.Request, aff *affinity) (upstream, error) {
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
 	stop := context.AfterFunc(p.ctx, cancel)
@@ -502,41 +542,41 @@ func (p *Proxy) connect(r *http.Request, aff *affinity) (*Target, net.Conn, *htt
 		if err != nil {
 			if lastErr != nil {
 				// Every target left failed this request: say why the last did.
-				return nil, nil, nil, nil, lastErr
+				return upstream{}, lastErr
 			}
-			return nil, nil, nil, nil, err
+			return upstream{}, err
 		}
 		last := try >= lb.tries || (lb.retryTotal > 0 && time.Since(start) >= lb.retryTotal)
-		conn, resp, br, err := p.attempt(ctx, r, t)
+		up := upstream{t: t}
+		up.conn, up.resp, up.br, err = p.attempt(ctx, r, t)
 		switch {
-		case err == nil && resp.StatusCode >= 500 && lb.retry5xx && !last:
+		case err == nil && up.resp.StatusCode >= 500 && lb.retry5xx && !last:
 			// Drop the refusal unread: closing its body would first read it
 			// to the end.
-			conn.Close()
-			putReader(br)
-			t.open.Add(-1)
-			err = &BackendError{Target: t.raw, Op: "upgrade", Status: resp.StatusCode,
-				Err: fmt.Errorf("%w: status %d", ErrUpgradeRefused, resp.StatusCode)}
+			status := up.resp.StatusCode
+			up.release()
+			err = &BackendError{Target: t.raw, Op: "upgrade", Status: status,
+				Err: fmt.Errorf("%w: status %d", ErrUpgradeRefused, status)}
 			p.reportFailure(t, err)
-		case err == nil && unhealthyStatus(resp.StatusCode):
+		case err == nil && unhealthyStatus(up.resp.StatusCode):
 			// Relayed, and counted against the target (logging.go).
-			p.reportFailure(t, &BackendError{Target: t.raw, Op: "upgrade", Status: resp.StatusCode,
-				Err: fmt.Errorf("%w: status %d", ErrUpgradeRefused, resp.StatusCode)})
-			return t, conn, resp, br, nil
+			p.reportFailure(t, &BackendError{Target: t.raw, Op: "upgrade", Status: up.resp.StatusCode,
+				Err: fmt.Errorf("%w: status %d", ErrUpgradeRefused, up.resp.StatusCode)})
+			return up, nil
 		case err == nil:
 			t.health.succeeded()
-			return t, conn, resp, br, nil
+			return up, nil
 		case errors.Is(err, ErrRewrite) || ctx.Err() != nil:
 			// Not the backend's fault: the request is bad or the client left.
-			t.open.Add(-1)
+			up.release()
 			t.health.released()
-			return nil, nil, nil, nil, err
+			return upstream{}, err
 		default:
-			t.open.Add(-1)
+			up.release()
 			p.reportFailure(t, err)
 		}
 		if last {
-			return nil, nil, nil, nil, err
+			return upstream{}, err
 		}
 		lastErr = err
 		tried = append(tried, t)
@@ -665,37 +705,33 @@ func removeTarget(ts []*Target, t *Target) []*Target {
 }
 
 // open hijacks the client connection, answers 101 and starts the tunnel.
-func (p *Proxy) open(w http.ResponseWriter, r *http.Request, t *Target, back net.Conn, resp *http.Response, br *bufioReader, slot *admission) {
-	backBuf := buffered(br)
-	putReader(br)
-	back.SetDeadline(time.Time{})
-
+func (p *Proxy) open(w http.ResponseWriter, r *http.Request, up *upstream, slot *admission) {
 	client, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
-		back.Close()
-		t.open.Add(-1)
+		up.release()
 		p.reject(w, r, fmt.Errorf("%w: %w", ErrNotHijackable, err))
 		return
 	}
 	// The server's ReadTimeout and WriteTimeout must not cut the tunnel.
 	client.SetDeadline(time.Time{})
 	clientBuf := buffered(brw.Reader)
-	if err := write101(client, w.Header(), resp, p.cfg.handshakeTimeout); err != nil {
+	if err := write101(client, w.Header(), up.resp, p.cfg.handshakeTimeout); err != nil {
 		client.Close()
-		back.Close()
-		t.open.Add(-1)
+		up.release()
 		p.rejected.Add(1)
 		p.notifyReject(r, fmt.Errorf("wsproxy: writing 101 to client: %w", err))
 		return
 	}
-	p.launch(r, t, client, clientBuf, back, backBuf, resp, slot, nil)
+	p.launch(r, client, clientBuf, up, slot, nil)
 }
 
-// launch creates the tunnel of a completed handshake, registers it and
-// starts it, for HTTP/1.1 and HTTP/2 alike; prepare, if not nil, finishes
-// setting the tunnel up before it starts.
-func (p *Proxy) launch(r *http.Request, t *Target, client net.Conn, clientBuf []byte, back net.Conn, backBuf []byte,
-	resp *http.Response, slot *admission, prepare func(*tunnel)) *tunnel {
+// launch creates the tunnel of a completed handshake, which takes over the
+// upstream and the admission, registers it and starts it, for HTTP/1.1 and
+// HTTP/2 alike; prepare, if not nil, finishes setting the tunnel up before
+// it starts.
+func (p *Proxy) launch(r *http.Request, client net.Conn, clientBuf []byte, up *upstream, slot *admission, prepare func(*tunnel)) *tunnel {
+	resp := up.resp
+	t, back, backBuf := up.handOver()
 	info := TunnelInfo{
 		Target:      t.raw,
 		RemoteAddr:  r.RemoteAddr,
