@@ -107,7 +107,7 @@ func (tn *tunnel) advance(c change) actions {
 			return 0
 		}
 		tn.ph.Store(uint32(phaseClosing))
-		e := tn.rareLocked()
+		e := tn.endingLocked()
 		e.reason, e.detail = c.reason, c.detail
 		tn.addTimer(time.AfterFunc(cfg.closeTimeout, func() { tn.teardown(nil) }))
 		return actSendClose
@@ -164,7 +164,7 @@ func (tn *tunnel) tearLocked(err error) actions {
 		return 0
 	}
 	tn.ph.Store(uint32(phaseTorn))
-	if e := tn.rareLocked(); e.err == nil {
+	if e := tn.endingLocked(); e.err == nil {
 		e.err = err
 	}
 	return actTear | actWake

@@ -90,7 +90,7 @@ func (p *Proxy) serveH2(w http.ResponseWriter, r *http.Request) {
 	if tn == nil {
 		return
 	}
-	<-tn.rare.done
+	<-tn.ending.done
 	client.handlerDone()
 }
 
@@ -132,7 +132,7 @@ func (p *Proxy) openH2(w http.ResponseWriter, r *http.Request, rc *http.Response
 	}
 	client := newH2Conn(w, r, rc)
 	tn := p.launch(r, client, nil, &up, slot, func(tn *tunnel) {
-		tn.rareLocked().done = make(chan struct{}) // the handler waits for the tunnel; not started yet, so no lock
+		tn.endingLocked().done = make(chan struct{}) // the handler waits for the tunnel; not started yet, so no lock
 		client.closeTimeout = p.cfg.closeTimeout
 		client.awaitingClose = tn.owesCloseAnswer
 	})

@@ -30,7 +30,7 @@ type tunnel struct {
 
 	// What info reports, kept field by field: an idle tunnel holds only
 	// what it must (see "Memory of an idle tunnel" in docs/DESIGN.md); the
-	// client's address is its connection's unless rare says otherwise.
+	// client's address is its connection's unless ending says otherwise.
 	path        string
 	subprotocol string
 	opened      time.Duration // since clockBase: the monotonic clock, in 8 bytes rather than a time.Time's 24
@@ -43,11 +43,11 @@ type tunnel struct {
 
 	protoMajor, protoMinor uint8 // of the client's request
 
-	mu      sync.Mutex  // guards what follows, and orders advance's decisions
-	eofs    uint8       // directions that ended with EOF; advance's
-	running uint8       // pumps still running (2 until the first ends); advance's
-	holding bool        // the tunnel holds places under the admission limits (rare.slotCS: its client's)
-	rare    *tunnelRare // what only some tunnels need; nil until needed
+	mu      sync.Mutex    // guards what follows, and orders advance's decisions
+	eofs    uint8         // directions that ended with EOF; advance's
+	running uint8         // pumps still running (2 until the first ends); advance's
+	holding bool          // the tunnel holds places under the admission limits (ending.slotCS: its client's)
+	ending  *tunnelEnding // nil until needed
 
 	prev, next *tunnel // in the proxy's tunnelList, under the proxy's mu
 }
@@ -137,9 +137,12 @@ type tunnelClock struct {
 	pingSent   [2]atomic.Int64 // by direction: the proxy's last ping written to dst
 }
 
-// A tunnelRare holds what a tunnel needs only sometimes: its timers, and
-// why it ended. tn.mu guards it.
-type tunnelRare struct {
+// A tunnelEnding holds what ending a tunnel involves, which an idle tunnel
+// need not carry: the timers to stop, why it ended, the per-client
+// admission entry to give back, the channel the HTTP/2 handler waits on;
+// and the client's address where a middleware changed it. It is allocated
+// the first time one of them is set. tn.mu guards it.
+type tunnelEnding struct {
 	remoteAddr    string        // the request's RemoteAddr, where it is not the client connection's (a middleware set it)
 	hasRemoteAddr bool          // remoteAddr is set
 	slotCS        *clientState  // with holding: the client's entry under per-client limits, if any
@@ -150,19 +153,19 @@ type tunnelRare struct {
 	err           error         // the first error that ended it
 }
 
-// rareLocked returns the tunnel's tunnelRare, made on first use. tn.mu is
+// endingLocked returns the tunnel's tunnelEnding, made on first use. tn.mu is
 // held.
-func (tn *tunnel) rareLocked() *tunnelRare {
-	if tn.rare == nil {
-		tn.rare = new(tunnelRare)
+func (tn *tunnel) endingLocked() *tunnelEnding {
+	if tn.ending == nil {
+		tn.ending = new(tunnelEnding)
 	}
-	return tn.rare
+	return tn.ending
 }
 
 // setReasonLocked records why the proxy ends the tunnel, unless a reason
 // was given before. tn.mu is held.
 func (tn *tunnel) setReasonLocked(reason string) {
-	if e := tn.rareLocked(); e.reason == "" {
+	if e := tn.endingLocked(); e.reason == "" {
 		e.reason = reason
 	}
 }
@@ -256,7 +259,7 @@ func newTunnel(p *Proxy, t *Target, client net.Conn, back net.Conn, info TunnelI
 	tn := &tunnel{p: p, target: t, client: client, back: back,
 		path: info.Path, subprotocol: info.Subprotocol, opened: info.Start.Sub(clockBase)}
 	if ra := client.RemoteAddr(); ra == nil || ra.String() != info.RemoteAddr {
-		e := tn.rareLocked() // not started: nothing else sees tn yet
+		e := tn.endingLocked() // not started: nothing else sees tn yet
 		e.remoteAddr, e.hasRemoteAddr = info.RemoteAddr, true
 	}
 	tn.protoMajor, tn.protoMinor, _ = parseProto(info.Proto)
@@ -286,7 +289,7 @@ func (tn *tunnel) info() TunnelInfo {
 		proto = "HTTP/" + strconv.Itoa(int(tn.protoMajor)) + "." + strconv.Itoa(int(tn.protoMinor))
 	}
 	tn.mu.Lock()
-	e := tn.rare
+	e := tn.ending
 	var remoteAddr string
 	if e != nil && e.hasRemoteAddr {
 		remoteAddr = e.remoteAddr
@@ -313,31 +316,31 @@ func parseProto(proto string) (major, minor uint8, ok bool) {
 }
 
 // holdSlot makes the tunnel the holder of the admission's places, stored
-// as a flag and, for per-client limits, an entry in tunnelRare, since most
+// as a flag and, for per-client limits, an entry in tunnelEnding, since most
 // tunnels have none. Called before start.
 func (tn *tunnel) holdSlot(a admission) {
 	tn.holding = a.l != nil
 	if a.cs != nil {
-		tn.rareLocked().slotCS = a.cs // not started: nothing else sees tn yet
+		tn.endingLocked().slotCS = a.cs // not started: nothing else sees tn yet
 	}
 }
 
 // releaseSlot gives the tunnel's places back. Called once, after the pumps
-// are done, so nothing writes tn.rare any more.
+// are done, so nothing writes tn.ending any more.
 func (tn *tunnel) releaseSlot() {
 	if !tn.holding {
 		return
 	}
 	a := admission{l: &tn.p.limits}
-	if tn.rare != nil {
-		a.cs = tn.rare.slotCS
+	if tn.ending != nil {
+		a.cs = tn.ending.slotCS
 	}
 	a.release()
 }
 
 // addTimer keeps t to be stopped when the tunnel ends. tn.mu is held.
 func (tn *tunnel) addTimer(t *time.Timer) {
-	e := tn.rareLocked()
+	e := tn.endingLocked()
 	e.timers = append(e.timers, t)
 }
 
@@ -437,7 +440,7 @@ func (tn *tunnel) finish() {
 	tn.mu.Lock()
 	var reason, detail string
 	var err error
-	if e := tn.rare; e != nil {
+	if e := tn.ending; e != nil {
 		for _, t := range e.timers {
 			t.Stop()
 		}
@@ -457,8 +460,8 @@ func (tn *tunnel) finish() {
 		Err:             err,
 	}
 	tn.p.tunnelClosed(tn, info)
-	if tn.rare != nil && tn.rare.done != nil {
-		close(tn.rare.done)
+	if tn.ending != nil && tn.ending.done != nil {
+		close(tn.ending.done)
 	}
 }
 
@@ -479,6 +482,7 @@ func (p *pump) run(initial []byte) {
 	p.t.pumpDone(p, err)
 }
 
+// loop passes the bytes src sent before the hijack, then what it sends.
 func (p *pump) loop(initial []byte) error {
 	for len(initial) > 0 {
 		bp := bufPool.Get().(*[]byte)
@@ -490,9 +494,12 @@ func (p *pump) loop(initial []byte) error {
 			return err
 		}
 	}
-	if p.parkable {
-		return p.loopRaw(newRawReader(p, parkableConn(p.src())))
-	}
+	return p.loopSrc()
+}
+
+// loopRead is the loop of a pump that waits in src's Read, holding its
+// buffer: TLS, HTTP/2 streams, and every source where pumps cannot park.
+func (p *pump) loopRead() error {
 	for {
 		bp := bufPool.Get().(*[]byte)
 		n, rerr := p.src().Read((*bp)[bufHeadroom:])
@@ -519,44 +526,11 @@ func (p *pump) loop(initial []byte) error {
 	}
 }
 
-// loopRaw is the loop of a pump that can park: the rawReader reads and
-// passes bytes without holding a buffer while it waits, and the pump parks
-// after parkAfter without bytes.
-func (p *pump) loopRaw(rr *rawReader) error {
-	for {
-		rr.deadline = p.armIdleDeadline(rr.deadline)
-		err := rr.run()
-		switch {
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			rr.deadline = 0
-			if p.tryPark() {
-				return errParked
-			}
-			// Only the linger deadline of a finished close handshake
-			// ends the pump; during a polite close the close timeout
-			// bounds the wait, so the idle deadline just moves on.
-			if p.t.phase() >= phaseLingering {
-				return err
-			}
-			continue
-		case err != nil:
-			return err
-		case rr.eof:
-			return nil
-		}
-		if p.canSplice() {
-			if err := p.splice(); err != nil {
-				return err
-			}
-		}
-	}
-}
-
 // canSplice reports whether the rest of the current frame's payload should
 // bypass user space. After a close frame went to dst nothing more may reach
 // it: the rest of the frame takes the buffered path, which drops it.
 func (p *pump) canSplice() bool {
-	return p.frames.Remaining() >= spliceMin && spliceMin > 0 && p.spliceOK && !p.broken && !p.flags.has(fSentClose)
+	return p.frames.Remaining() >= spliceMin && p.spliceOK && !p.broken && !p.flags.has(fSentClose)
 }
 
 // parkAfter is how long a pump waits for bytes in its goroutine before it
@@ -567,44 +541,11 @@ func (p *pump) canSplice() bool {
 // (some tens of microseconds of CPU per message).
 var parkAfter = 100 * time.Millisecond
 
-var errParked = errors.New("pump parked")
-
-// armIdleDeadline keeps a read deadline parkAfter ahead, moving it only
-// when half of it is used up, so a busy pump rarely touches its timer. It
-// returns the deadline now set. During the close handshake the linger
-// deadline rules instead.
-func (p *pump) armIdleDeadline(deadline int64) int64 {
-	if p.t.phase() >= phaseLingering {
-		return deadline
-	}
-	now := time.Now().UnixNano()
-	if deadline-now < int64(parkAfter/2) {
-		deadline = now + int64(parkAfter)
-		p.src().SetReadDeadline(time.Unix(0, deadline))
-	}
-	return deadline
-}
-
-// tryPark hands the pump to the reactor unless the tunnel is ending.
-func (p *pump) tryPark() bool {
-	tn := p.t
-	tn.mu.Lock()
-	if tn.phase() != phaseOpen {
-		tn.mu.Unlock()
-		return false
-	}
-	// A parked socket must not keep a deadline: nothing would read it.
-	p.src().SetReadDeadline(time.Time{})
-	tn.mu.Unlock()
-	return theReactor.park(p)
-}
-
 // spliceMin is the payload still to pass in the current frame from which
 // the pump lets the kernel move it between two TCP sockets (splice(2) on
 // Linux, through net.TCPConn.ReadFrom) instead of copying it through a
 // buffer. Below it, the extra system calls cost more than the copy saves.
-// Zero disables splicing (benchmarks compare both).
-var spliceMin uint64 = 16 << 10
+const spliceMin = 16 << 10
 
 // splice passes the rest of the current frame's payload. It holds no lock:
 // the stream is mid-frame, so the proxy's own frames wait in pending
