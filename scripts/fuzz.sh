@@ -29,6 +29,7 @@ targets=(
   ". FuzzBackendResponse"
   ". FuzzOriginPattern"
   ". FuzzInConnection"
+  ". FuzzStripCookie"
 )
 
 fail=0

@@ -1,22 +1,24 @@
-// Command demo runs two WebSocket chat backends, a wsproxy in front of them
-// and a chat page, all on loopback, and prints the URL to open:
+// Command demo is the nginx "proxy a whole site" configuration in Go: two
+// chat backends that each serve the page, its assets, an API and the
+// WebSocket, and one wsproxy in front of them whose whole handler is the
+// proxy. WithHTTP sends pages and API calls through the same targets as the
+// sockets, and a sticky cookie keeps each browser on the backend that
+// served it first. All on loopback; it prints the URL to open:
 //
 //	go run ./examples/demo
 //
-// The page shows which backend each browser tab was given and the live
-// number of tunnels per backend, read from Proxy.Stats. The proxy also
-// serves /echo, a plain echo, for trying the proxy with any client:
-//
-//	websocat ws://127.0.0.1:8080/echo
+// Each tab shows the backend that served its page, its API polls and its
+// socket. /echo is a plain echo for command-line clients.
 package main
 
 import (
 	"context"
-	_ "embed"
+	"embed"
 	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"log"
 	"log/slog"
 	"net"
@@ -24,17 +26,18 @@ import (
 	"os"
 	"os/signal"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
-	"unicode/utf8"
 
 	"golang.org/x/net/websocket"
 
 	"github.com/wsproxy/wsproxy"
+	"github.com/wsproxy/wsproxy/examples/internal/echo"
 )
 
-//go:embed index.html
-var page []byte
+//go:embed static
+var static embed.FS
 
 func main() {
 	listen := flag.String("listen", "127.0.0.1:8080", "address of the proxy (port 0 picks a free one)")
@@ -45,42 +48,18 @@ func main() {
 }
 
 func run(listen string) error {
-	room := newRoom()
-	var targets []string
-	for _, name := range []string{"backend-a", "backend-b"} {
-		addr, err := serveBackend(name, room)
-		if err != nil {
-			return err
-		}
-		targets = append(targets, "ws://"+addr)
-	}
-
-	p, err := wsproxy.New(targets,
-		wsproxy.WithBalancer(wsproxy.LeastConn()),
-		wsproxy.WithPingInterval(30*time.Second),
-		wsproxy.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))),
-	)
+	p, err := newProxy()
 	if err != nil {
 		return err
 	}
-	mux := http.NewServeMux()
-	mux.Handle("GET /ws", p)
-	mux.Handle("GET /echo", p)
-	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "application/json")
-		json.NewEncoder(w).Encode(p.Stats())
-	})
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		w.Write(page)
-	})
-
 	ln, err := net.Listen("tcp", listen)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	fmt.Printf("wsproxy demo: open http://%s/ (backends %v)\n", ln.Addr(), targets)
+	// The proxy is the server's whole handler: every path goes to the
+	// backends, WebSockets (GET or HTTP/2 CONNECT) and the rest alike.
+	srv := &http.Server{Handler: p, ReadHeaderTimeout: 10 * time.Second}
+	fmt.Printf("wsproxy demo listening on http://%s/ - open it in a browser\n", ln.Addr())
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -91,56 +70,78 @@ func run(listen string) error {
 		return err
 	case <-ctx.Done():
 	}
-	fmt.Println("shutting down: tunnels get a 1001 close frame")
-	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	fmt.Println("shutting down: every tab gets close code 1001")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	srv.Shutdown(shutdownCtx)
-	if err := p.Shutdown(shutdownCtx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
+	// The proxy first: its tunnels get 1001; the server does not see them.
+	if err := p.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
-	return nil
+	return srv.Shutdown(ctx)
 }
 
-// serveBackend starts one backend on a free loopback port. /ws joins the
-// shared chat room; /echo sends every message back.
+// newProxy starts the two backends and returns the proxy in front of them.
+func newProxy() (*wsproxy.Proxy, error) {
+	room := newRoom()
+	var targets []string
+	for _, name := range []string{"backend-a", "backend-b"} {
+		addr, err := serveBackend(name, room)
+		if err != nil {
+			return nil, err
+		}
+		targets = append(targets, "http://"+addr)
+	}
+	log.Printf("backends: %v", targets)
+	// The seed configuration: one route, one pool, sessions that stick.
+	return wsproxy.New(targets,
+		wsproxy.WithHTTP(),
+		wsproxy.WithStickyCookie(http.Cookie{Name: "wsproxy_lb", Path: "/", HttpOnly: true, SameSite: http.SameSiteLaxMode}),
+		wsproxy.WithBalancer(wsproxy.LeastConn()), // a new browser goes to the backend with fewer sockets
+		wsproxy.WithPingInterval(30*time.Second),
+		wsproxy.WithLogger(slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))),
+	)
+}
+
+// serveBackend starts one backend on a free loopback port: the page and its
+// assets, /api/stats, /ws (the chat room) and /echo.
 func serveBackend(name string, room *room) (string, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return "", err
 	}
-	accept := func(*websocket.Config, *http.Request) error { return nil } // the proxy checked the origin
+	assets, err := fs.Sub(static, "static")
+	if err != nil {
+		return "", err
+	}
+	var requests atomic.Int64
+	room.mu.Lock()
+	room.requests[name] = &requests
+	room.mu.Unlock()
 	mux := http.NewServeMux()
-	mux.Handle("/ws", websocket.Server{Handshake: accept, Handler: func(c *websocket.Conn) {
-		room.join(c, name)
-	}})
-	mux.Handle("/echo", websocket.Server{Handshake: accept, Handler: func(c *websocket.Conn) {
-		defer c.Close() // answers the client's close frame (x/net/websocket sends 1000)
-		for {
-			var msg []byte
-			if err := websocket.Message.Receive(c, &msg); err != nil {
-				return
-			}
-			// x/net/websocket does not report a frame's type: valid
-			// UTF-8 goes back as text, the rest as binary.
-			if utf8.Valid(msg) {
-				err = websocket.Message.Send(c, string(msg))
-			} else {
-				err = websocket.Message.Send(c, msg)
-			}
-			if err != nil {
-				return
-			}
-		}
-	}})
-	go http.Serve(ln, mux)
+	mux.Handle("/", http.FileServerFS(assets))
+	mux.HandleFunc("GET /api/stats", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		json.NewEncoder(w).Encode(room.stats(name))
+	})
+	accept := func(*websocket.Config, *http.Request) error { return nil } // the proxy checked the origin
+	mux.Handle("/ws", websocket.Server{Handshake: accept, Handler: func(c *websocket.Conn) { room.join(c, name) }})
+	mux.Handle("/echo", echo.Handler(nil))
+	counted := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		w.Header().Set("X-Backend", name)
+		mux.ServeHTTP(w, r)
+	})
+	go (&http.Server{Handler: counted, ReadHeaderTimeout: 10 * time.Second}).Serve(ln)
 	return ln.Addr().String(), nil
 }
 
 // room is one chat room shared by both backends, as a pub/sub service would
-// be in a real deployment.
+// be in a real deployment; it also knows who is connected where.
 type room struct {
-	mu      sync.Mutex
-	members map[*websocket.Conn]string
+	mu       sync.Mutex
+	members  map[*websocket.Conn]string
+	requests map[string]*atomic.Int64 // HTTP requests each backend served; written before serving
 }
 
 type chatMessage struct {
@@ -149,7 +150,31 @@ type chatMessage struct {
 	System  bool   `json:"system,omitempty"`
 }
 
-func newRoom() *room { return &room{members: make(map[*websocket.Conn]string)} }
+// backendStats is what /api/stats answers: the backend that answered, and
+// for each backend its sockets and the HTTP requests it served.
+type backendStats struct {
+	ServedBy string           `json:"served_by"`
+	Sockets  map[string]int   `json:"sockets"`
+	Requests map[string]int64 `json:"requests"`
+}
+
+func newRoom() *room {
+	return &room{members: make(map[*websocket.Conn]string), requests: make(map[string]*atomic.Int64)}
+}
+
+func (r *room) stats(servedBy string) backendStats {
+	s := backendStats{ServedBy: servedBy, Sockets: map[string]int{}, Requests: map[string]int64{}}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for name, n := range r.requests {
+		s.Sockets[name] = 0
+		s.Requests[name] = n.Load()
+	}
+	for _, backend := range r.members {
+		s.Sockets[backend]++
+	}
+	return s
+}
 
 func (r *room) join(c *websocket.Conn, backend string) {
 	defer c.Close()

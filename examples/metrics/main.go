@@ -21,9 +21,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"golang.org/x/net/websocket"
 
 	"github.com/wsproxy/wsproxy"
+	"github.com/wsproxy/wsproxy/examples/internal/echo"
 	"github.com/wsproxy/wsproxy/examples/metrics/wsprom"
 )
 
@@ -31,14 +31,12 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:8080", "address of the proxy and /metrics")
 	backend := flag.String("backend", "", "WebSocket backend (default: an echo backend started here)")
 	flag.Parse()
-	if *backend == "" {
-		addr, err := startEcho()
-		if err != nil {
-			log.Fatal(err)
-		}
-		*backend = "ws://" + addr
+	target, stopBackend, err := echo.OrBuiltIn(*backend, nil)
+	if err != nil {
+		log.Fatal(err)
 	}
-	handler, p, err := newServer([]string{*backend})
+	defer stopBackend()
+	handler, p, err := newServer([]string{target})
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -77,22 +75,4 @@ func newServer(targets []string) (http.Handler, *wsproxy.Proxy, error) {
 	mux.Handle("/ws", p) // no method: HTTP/2 WebSockets are CONNECT requests
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	return mux, p, nil
-}
-
-func startEcho() (string, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	go http.Serve(ln, websocket.Server{
-		Handshake: func(*websocket.Config, *http.Request) error { return nil },
-		Handler: func(c *websocket.Conn) {
-			defer c.Close()
-			var msg string
-			for websocket.Message.Receive(c, &msg) == nil {
-				websocket.Message.Send(c, msg)
-			}
-		},
-	})
-	return ln.Addr().String(), nil
 }

@@ -11,12 +11,15 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"golang.org/x/net/websocket"
+
+	"github.com/wsproxy/wsproxy/examples/internal/echo"
 )
 
 func TestMetrics(t *testing.T) {
-	addr, err := startEcho()
+	backend, stop, err := echo.Start(echo.Handler(nil))
 	require.NoError(t, err)
-	handler, p, err := newServer([]string{"ws://" + addr})
+	t.Cleanup(stop)
+	handler, p, err := newServer([]string{backend})
 	require.NoError(t, err)
 	srv := httptest.NewServer(handler)
 	t.Cleanup(func() { p.Close(); srv.Close() })
@@ -37,7 +40,7 @@ func TestMetrics(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return string(b)
 	}
-	target := "ws://" + addr
+	target := backend
 	m := scrape()
 	assert.Contains(t, m, `wsproxy_tunnels_open{target="`+target+`"} 1`)
 	assert.Contains(t, m, `wsproxy_messages_total{direction="client_to_backend",target="`+target+`"} 3`)

@@ -1,5 +1,5 @@
 // Package readmecheck runs the commands of the READMEs as they are written:
-// README.md's and every examples/*/README.md's. It is a module of its own
+// README.md's and every README.md under examples/. It is a module of its own
 // because it runs `go run` on the examples, one after another, on their
 // default ports (nothing else of the tests may hold them meanwhile), and
 // setup.sh installs curl, which a README uses.
@@ -27,5 +27,11 @@
 //	only=N           run the block's first N lines only (the others are said why in the README)
 //	skip="why"       run nothing: the block is not a command to copy as it is
 //
-// Every ```sh block must be marked, and every example must have one.
+// A server counts as started once it listens on the port it announced (its
+// own socket, read from /proc). When a default port is held by another
+// process (another checkout's tests, a demo left running), the block waits
+// for the port to be free and runs again, a few times at most.
+//
+// Every ```sh block must be marked, and every example must have one. The
+// test runs on Linux only: it finds the program under `go run` in /proc.
 package readmecheck

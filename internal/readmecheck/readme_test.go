@@ -1,4 +1,4 @@
-//go:build unix
+//go:build linux
 
 package readmecheck
 
@@ -15,7 +15,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -63,8 +62,8 @@ var (
 		"hsts": true, "close": true, "only": true, "skip": true}
 )
 
-// readmes returns README.md and every example's README, and fails when an
-// example has none.
+// readmes returns README.md and the READMEs under examples/, and fails
+// when an example has none.
 func readmes(t *testing.T) []string {
 	t.Helper()
 	files := []string{"README.md"}
@@ -74,11 +73,18 @@ func readmes(t *testing.T) []string {
 		if !d.IsDir() || d.Name() == "internal" {
 			continue
 		}
-		f := filepath.Join("examples", d.Name(), "README.md")
-		_, err := os.Stat(filepath.Join(root, f))
+		_, err := os.Stat(filepath.Join(root, "examples", d.Name(), "README.md"))
 		require.NoError(t, err, "every example has a README with its commands")
-		files = append(files, f)
 	}
+	err = filepath.WalkDir(filepath.Join(root, "examples"), func(path string, d os.DirEntry, err error) error {
+		if err != nil || d.IsDir() || d.Name() != "README.md" {
+			return err
+		}
+		rel, err := filepath.Rel(root, path)
+		files = append(files, rel)
+		return err
+	})
+	require.NoError(t, err)
 	return files
 }
 
@@ -120,9 +126,6 @@ func parseBlocks(t *testing.T, file string) []block {
 }
 
 func TestReadmeCommands(t *testing.T) {
-	if runtime.GOOS != "linux" {
-		t.Skip("stops a program under `go run` through /proc")
-	}
 	for _, file := range readmes(t) {
 		blocks := parseBlocks(t, file)
 		require.NotEmpty(t, blocks, "%s has no commands", file)
@@ -139,7 +142,7 @@ func TestReadmeCommands(t *testing.T) {
 
 var backgroundRE = regexp.MustCompile(`^(.*?)\s*&\s*(#.*)?$`)
 
-var announceRE = regexp.MustCompile(`listening on ((?:https?|wss?)://[^\s,/]+)`)
+var announceRE = regexp.MustCompile(`listening on ((?:https?|wss?)://(?:\[[0-9a-f:]+\]|[\w.-]+)(?::\d+)?)`)
 
 // proc is one running command of a block.
 type proc struct {
@@ -198,17 +201,22 @@ func start(t *testing.T, dir, line string) *proc {
 		close(p.exited)
 	}()
 	t.Cleanup(func() {
-		select {
-		case <-p.exited:
-		default:
-			syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-			<-p.exited
-		}
+		p.kill()
 		if t.Failed() {
 			t.Logf("output of %q:\n%s", line, p.out)
 		}
 	})
 	return p
+}
+
+// kill ends the command and whatever it started, unless it has exited.
+func (p *proc) kill() {
+	select {
+	case <-p.exited:
+	default:
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-p.exited
+	}
 }
 
 // stdoutWriter keeps stdout apart (for {N}) and passes it to the line
@@ -268,7 +276,23 @@ type server struct {
 	base *url.URL
 }
 
+// runBlock runs b. A default port that another process holds (another
+// checkout's tests, a demo left running) makes it wait for the port and
+// try again, a few times.
 func runBlock(t *testing.T, b block) {
+	for attempt := 1; ; attempt++ {
+		busy := runBlockOnce(t, b)
+		if busy == "" {
+			return
+		}
+		require.Less(t, attempt, 4, "%s: port %s stays taken by another process", b, busy)
+		t.Logf("port %s is taken by another process; waiting until it is free", busy)
+		waitFree(t, busy)
+	}
+}
+
+// runBlockOnce runs b and returns "", or the port another process holds.
+func runBlockOnce(t *testing.T, b block) (busy string) {
 	dir := root
 	cmds := b.cmds
 	if only := b.mark("only"); only != "" {
@@ -277,6 +301,13 @@ func runBlock(t *testing.T, b block) {
 		cmds = cmds[:n]
 	}
 	var procs []*proc
+	defer func() {
+		for _, p := range procs {
+			if p != nil {
+				p.kill()
+			}
+		}
+	}()
 	var servers []server
 	for _, line := range cmds {
 		if to, ok := strings.CutPrefix(line, "cd "); ok {
@@ -288,11 +319,16 @@ func runBlock(t *testing.T, b block) {
 		procs = append(procs, p)
 		select {
 		case <-p.exited:
+			if port := p.portTaken(); port != "" {
+				return port
+			}
 			require.NoError(t, p.err, "%q exits 0", line)
 		case u := <-p.out.announced:
 			base, err := url.Parse(u)
 			require.NoError(t, err)
-			waitAnswers(t, p, base.Host)
+			if port := waitAnswers(t, p, base.Host); port != "" {
+				return port
+			}
 			servers = append(servers, server{p, base})
 		case <-time.After(startTimeout):
 			require.FailNow(t, "neither exited nor announced \"listening on\"", line)
@@ -302,7 +338,7 @@ func runBlock(t *testing.T, b block) {
 		for _, key := range []string{"ws", "get", "hsts", "refuse", "close"} {
 			require.Empty(t, b.marks[key], "%s: %s= needs a server in the block", b, key)
 		}
-		return
+		return ""
 	}
 	main := servers[len(servers)-1]
 	open := check(t, b, main.base, procs)
@@ -312,6 +348,7 @@ func runBlock(t *testing.T, b block) {
 			wantClose(t, b, open)
 		}
 	}
+	return ""
 }
 
 // substitute replaces {N} with the stdout of the block's line N.
@@ -324,24 +361,76 @@ func substitute(t *testing.T, s string, procs []*proc) string {
 	})
 }
 
-// waitAnswers waits until addr accepts connections: a program may announce
-// its address just before it listens. A program that exits instead (its
-// port was taken) fails the test.
-func waitAnswers(t *testing.T, p *proc, addr string) {
+// waitAnswers waits until the program listens on addr: a program may
+// announce its address just before it listens. It returns the port when
+// the program exits because another process holds it.
+func waitAnswers(t *testing.T, p *proc, addr string) (busy string) {
 	t.Helper()
+	_, port, err := net.SplitHostPort(addr)
+	require.NoError(t, err)
 	deadline := time.Now().Add(ioTimeout)
-	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			c.Close()
-			return
-		}
+	for !listens(p.program(), port) {
 		select {
 		case <-p.exited:
+			if busy := p.portTaken(); busy != "" {
+				return busy
+			}
 			require.FailNow(t, "exited before answering", "%q: %v", p.line, p.err)
 		case <-time.After(20 * time.Millisecond):
 		}
-		require.True(t, time.Now().Before(deadline), "%q announced %s but does not answer: %v", p.line, addr, err)
+		require.True(t, time.Now().Before(deadline), "%q announced %s but does not listen there", p.line, addr)
+	}
+	return ""
+}
+
+var takenRE = regexp.MustCompile(`listen tcp \S*:(\d+): bind: address already in use`)
+
+// portTaken returns the port an exited command could not listen on.
+func (p *proc) portTaken() string {
+	if m := takenRE.FindStringSubmatch(p.out.String()); m != nil {
+		return m[1]
+	}
+	return ""
+}
+
+// listeners returns the inodes of the TCP sockets listening on port.
+func listeners(port string) map[string]bool {
+	n, _ := strconv.Atoi(port)
+	suffix := fmt.Sprintf(":%04X", n)
+	inodes := map[string]bool{}
+	for _, f := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		b, _ := os.ReadFile(f)
+		for _, line := range strings.Split(string(b), "\n") {
+			// sl local_address rem_address st ... inode: state 0A is LISTEN.
+			fields := strings.Fields(line)
+			if len(fields) > 9 && strings.HasSuffix(fields[1], suffix) && fields[3] == "0A" {
+				inodes[fields[9]] = true
+			}
+		}
+	}
+	return inodes
+}
+
+// listens reports whether process pid holds a socket listening on port.
+func listens(pid int, port string) bool {
+	inodes := listeners(port)
+	fds, _ := filepath.Glob(fmt.Sprintf("/proc/%d/fd/*", pid))
+	for _, fd := range fds {
+		link, err := os.Readlink(fd)
+		if inode, ok := strings.CutPrefix(link, "socket:["); ok && err == nil && inodes[strings.TrimSuffix(inode, "]")] {
+			return true
+		}
+	}
+	return false
+}
+
+// waitFree waits until nothing listens on port.
+func waitFree(t *testing.T, port string) {
+	t.Helper()
+	deadline := time.Now().Add(startTimeout)
+	for len(listeners(port)) > 0 {
+		require.True(t, time.Now().Before(deadline), "port %s stays taken by another process", port)
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 

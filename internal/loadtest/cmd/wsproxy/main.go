@@ -59,8 +59,8 @@ func main() {
 	<-ctx.Done()
 	sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
+	p.Shutdown(sctx) // first: the server would wait for HTTP/2 tunnels
 	srv.Shutdown(sctx)
-	p.Shutdown(sctx)
 }
 
 // memClasses writes every /memory/classes/ metric of runtime/metrics, one
