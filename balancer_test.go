@@ -411,6 +411,7 @@ func policies() []struct {
 }
 
 func benchTargets(tb testing.TB) []*Target {
+	tb.Helper()
 	var ss []string
 	for i := range 8 {
 		ss = append(ss, fmt.Sprintf("ws://10.0.0.%d:80 weight=%d", i+1, i%3+1))

@@ -1,15 +1,15 @@
 package wsproxy
 
-// Fuzz targets for every parser of untrusted bytes in the proxy: the
-// client's upgrade request, the backend's response, the frame stream a pump
-// follows, origin patterns and Connection tokens. Each checks an invariant against a simple
+// Fuzz targets for the parsers of untrusted bytes in the proxy: the
+// client's upgrade request, the backend's response, origin patterns and
+// Connection tokens (the frame stream a pump follows is fuzzed in
+// internal/wsframe, FuzzTracker). Each checks an invariant against a simple
 // oracle written here; scripts/fuzz.sh runs them all for a short time.
 
 import (
 	"bufio"
 	"bytes"
 	"context"
-	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -22,7 +22,6 @@ import (
 
 	"golang.org/x/net/http/httpguts"
 
-	"github.com/wsproxy/wsproxy/internal/wsframe"
 	"github.com/wsproxy/wsproxy/internal/wstest"
 )
 
@@ -38,218 +37,6 @@ func (c *fakeConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *fakeConn) SetWriteDeadline(time.Time) error { return nil }
 func (c *fakeConn) SetDeadline(time.Time) error      { return nil }
 func (c *fakeConn) RemoteAddr() net.Addr             { return nil }
-
-// fuzzPingID is the tunnel's ping id in FuzzFrameTracker, so that inputs can
-// contain the proxy's own pongs, which it must take out of the stream.
-const fuzzPingID = 0x77737078
-
-// refFrame is a frame as the reference tracker sees it.
-type refFrame struct {
-	start, hdr int
-	length     uint64
-	data       bool
-}
-
-// refTrack follows the frames of a whole stream the slow way: it decodes
-// each header by hand (RFC 6455 §5.2) and decides what a pump must forward.
-// It returns the frames whose header is complete, what must reach dst, the
-// number of whole data messages, and where tracking stopped: the start of
-// an invalid frame (bad is true), or of the unfinished tail.
-func refTrack(s []byte, fromClient bool, limit uint64) (frames []refFrame, out []byte, messages int64, stop int, bad bool) {
-	pos, closed := 0, false
-	var msg uint64
-	for pos < len(s) {
-		rest := s[pos:]
-		if len(rest) < 2 {
-			break
-		}
-		b0, b1 := rest[0], rest[1]
-		hdr, length := 2, uint64(b1&127)
-		switch length {
-		case 126:
-			hdr += 2
-		case 127:
-			hdr += 8
-		}
-		masked := b1&128 != 0
-		if masked {
-			hdr += 4
-		}
-		if len(rest) < hdr {
-			break
-		}
-		switch length {
-		case 126:
-			length = uint64(rest[2])<<8 | uint64(rest[3])
-		case 127:
-			length = 0
-			for _, c := range rest[2:10] {
-				length = length<<8 | uint64(c)
-			}
-		}
-		op, fin := b0&15, b0&128 != 0
-		control := op >= 8
-		switch {
-		case op > 2 && op < 8, op > 10, control && (length > 125 || !fin), length >= 1<<63, masked != fromClient:
-			return frames, out, messages, pos, true
-		}
-		frames = append(frames, refFrame{start: pos, hdr: hdr, length: length, data: !control})
-		if control {
-			if uint64(len(rest)-hdr) < length {
-				break
-			}
-			end := hdr + int(length)
-			payload := append([]byte(nil), rest[hdr:end]...)
-			if masked {
-				for i := range payload {
-					payload[i] ^= rest[hdr-4+i%4]
-				}
-			}
-			ownPong := op == 10 && len(payload) == 8 && binary.BigEndian.Uint32(payload) == fuzzPingID
-			if !ownPong && !closed {
-				out = append(out, rest[:end]...)
-			}
-			closed = closed || op == 8
-			pos += end
-			continue
-		}
-		if op != 0 {
-			msg = 0
-		}
-		msg += length
-		if limit > 0 && msg > limit {
-			frames = frames[:len(frames)-1]
-			return frames, out, messages, pos, true
-		}
-		if fin {
-			messages++
-		}
-		take := hdr + int(min(length, uint64(len(rest)-hdr)))
-		if !closed {
-			out = append(out, rest[:take]...)
-		}
-		pos += take
-	}
-	return frames, out, messages, pos, false
-}
-
-// refState is where the pump must be after reading s[:o]: the payload
-// bytes left in the current data frame, the bytes it must carry over (a
-// partial header or control frame), and whether what it wrote ends inside
-// a frame.
-func refState(frames []refFrame, stop, o int) (remaining uint64, carry int, midFrame bool) {
-	var f refFrame
-	for _, fr := range frames {
-		if fr.start > o {
-			break
-		}
-		f = fr
-	}
-	if payload := o - f.start - f.hdr; f.data && payload >= 0 && uint64(payload) < f.length {
-		return f.length - uint64(payload), 0, true
-	}
-	if o >= stop {
-		return 0, o - stop, false
-	}
-	return 0, o - f.start, false
-}
-
-// FuzzFrameTracker feeds a byte stream, cut into chunks at arbitrary
-// points, through a pump's frame tracking and compares it with refTrack:
-// the same bytes forwarded, the same message count, the same verdict on
-// invalid frames, and after every chunk the same position in the current
-// frame (so a control frame the proxy injects lands between frames).
-func FuzzFrameTracker(f *testing.F) {
-	mask := [4]byte{1, 2, 3, 4}
-	frame := func(fin bool, op byte, masked bool, payload string) []byte {
-		h := wsframe.Header{Fin: fin, OpCode: op, Length: uint64(len(payload)), Masked: masked, Mask: mask}
-		b := wsframe.AppendHeader(nil, h)
-		start := len(b)
-		b = append(b, payload...)
-		if masked {
-			wsframe.Mask(mask, 0, b[start:])
-		}
-		return b
-	}
-	cat := func(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
-	var ownPong [8]byte
-	binary.BigEndian.PutUint32(ownPong[:], fuzzPingID)
-	long := strings.Repeat("x", 125)
-	// A masked ping of 125 bytes with a 16-bit length: 133 bytes in all,
-	// more than the 131 of the longest minimally encoded control frame.
-	nonMinimalPing := append([]byte{0x89, 0x80 | 126, 0, 125, 1, 2, 3, 4}, frame(true, 9, true, long)[6:]...)
-
-	// Client to backend (masked frames).
-	f.Add(frame(true, 1, true, "hello"), []byte{}, true, uint16(0))                                                                // one text frame, one chunk
-	f.Add(frame(true, 1, true, "hello"), []byte{0}, true, uint16(0))                                                               // one byte at a time
-	f.Add(cat(frame(false, 1, true, "he"), frame(true, 9, true, "p"), frame(true, 0, true, "llo")), []byte{2, 6}, true, uint16(0)) // fragments around a ping
-	f.Add(cat(frame(true, 8, true, "\x03\xe8"), frame(true, 1, true, "after close")), []byte{}, true, uint16(0))                   // nothing passes a close frame
-	f.Add(cat(frame(true, 2, true, long), frame(true, 2, true, long)), []byte{200}, true, uint16(200))                             // second message over the limit
-	f.Add(cat(frame(false, 2, true, long), frame(true, 0, true, long)), []byte{}, true, uint16(200))                               // fragments add up over the limit
-	f.Add(cat(frame(true, 1, true, "a"), frame(true, 1, false, "b")), []byte{}, true, uint16(0))                                   // unmasked frame from the client
-	f.Add(cat(frame(true, 1, true, "a"), nonMinimalPing, frame(true, 1, true, "b")), []byte{138, 0}, true, uint16(0))              // a carried 133-byte control frame
-	f.Add(cat(frame(true, 1, true, "a"), []byte{0x8a, 0x88}), []byte{}, true, uint16(0))                                           // pong cut in its header
-	// Backend to client (unmasked frames).
-	f.Add(cat(frame(true, 10, false, string(ownPong[:])), frame(true, 1, false, "x")), []byte{3}, false, uint16(0)) // the proxy's own pong is dropped
-	f.Add(cat(frame(true, 10, false, "other pong"), frame(true, 1, false, "x")), []byte{}, false, uint16(0))        // a peer's pong passes
-	f.Add(cat([]byte{0x82, 127, 0, 0, 0, 1, 0, 0, 0, 0}, []byte("partial")), []byte{4}, false, uint16(0))           // 64-bit length, payload cut short
-	f.Add([]byte{0x82, 127, 0, 0, 0, 0, 0, 0, 0, 5, 'a', 'b', 'c', 'd', 'e'}, []byte{}, false, uint16(0))           // non-minimal 64-bit length passes
-	f.Add([]byte{0x83, 0, 0x89, 0xff}, []byte{}, false, uint16(0))                                                  // reserved opcode
-	f.Add([]byte{0x09, 0}, []byte{}, false, uint16(0))                                                              // fragmented ping
-
-	f.Fuzz(func(t *testing.T, stream, cuts []byte, fromClient bool, limit uint16) {
-		p := &Proxy{cfg: defaultConfig()}
-		p.cfg.maxMessageSize = int64(limit)
-		tn := newTunnel(p, &Target{}, &fakeConn{}, &fakeConn{}, TunnelInfo{Start: time.Now()})
-		tn.clock = &tunnelClock{pingID: fuzzPingID}
-		pu := &tn.down
-		if fromClient {
-			pu = &tn.up
-		}
-		dst := pu.dst().(*fakeConn)
-		frames, want, wantMessages, stop, bad := refTrack(stream, fromClient, uint64(limit))
-
-		var err error
-		for o, k := 0, 0; o < len(stream); k++ {
-			n := len(stream) - o
-			if len(cuts) > 0 {
-				n = min(n, int(cuts[k%len(cuts)])+1)
-			}
-			// What pump.chunk does: the carried tail goes in the headroom.
-			buf := make([]byte, bufHeadroom+n)
-			copy(buf[bufHeadroom:], stream[o:o+n])
-			start := bufHeadroom - int(pu.ncarry)
-			if pu.ncarry > 0 {
-				copy(buf[start:], pu.carry[:pu.ncarry])
-				pu.ncarry = 0
-			}
-			err = pu.process(buf[start:], time.Now().UnixNano())
-			o += n
-			if err != nil {
-				break
-			}
-			remaining, carry, midFrame := refState(frames, stop, o)
-			if pu.remaining != remaining || int(pu.ncarry) != carry {
-				t.Fatalf("after %d bytes: remaining %d, carry %d; want %d, %d", o, pu.remaining, pu.ncarry, remaining, carry)
-			}
-			if !pu.flags.has(fSentClose) && pu.midFrame != midFrame {
-				t.Fatalf("after %d bytes: midFrame %v, want %v", o, pu.midFrame, midFrame)
-			}
-		}
-		if bad != (err != nil) {
-			t.Fatalf("error %v, want an error: %v", err, bad)
-		}
-		if err != nil && !errors.Is(err, errProtocol) && !errors.Is(err, errTooBig) {
-			t.Fatalf("error %v is neither a protocol error nor the size limit", err)
-		}
-		if !bytes.Equal(want, dst.out.Bytes()) {
-			t.Fatalf("forwarded\n%x\nwant\n%x", dst.out.Bytes(), want)
-		}
-		if got := pu.messages.Load(); got != wantMessages {
-			t.Fatalf("%d messages, want %d", got, wantMessages)
-		}
-	})
-}
 
 // fuzzPeer is the client address in FuzzClientRequest; fuzzTrustedPeer is
 // one the proxy is told to trust.

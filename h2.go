@@ -90,7 +90,7 @@ func (p *Proxy) serveH2(w http.ResponseWriter, r *http.Request) {
 	if tn == nil {
 		return
 	}
-	<-tn.rare.done
+	<-tn.ending.done
 	client.handlerDone()
 }
 
@@ -101,44 +101,40 @@ func (p *Proxy) openH2(w http.ResponseWriter, r *http.Request, rc *http.Response
 	defer p.leave()
 
 	var aff affinity
-	t, back, resp, br, err := p.connect(h2BackendView(r), &aff)
+	up, err := p.connect(h2BackendView(r), &aff)
 	if err != nil {
 		p.reject(w, r, err)
 		return nil, nil
 	}
-	if status := resp.StatusCode; status != http.StatusSwitchingProtocols {
+	defer up.release() // unless the tunnel took it over
+	if status := up.resp.StatusCode; status != http.StatusSwitchingProtocols {
 		if status < 300 {
 			// A 2xx would tell the client its WebSocket is open (RFC 8441
 			// §5) when the backend is in fact serving plain HTTP.
-			back.Close() // not resp.Body.Close, which would read the body to its end
-			putReader(br)
-			t.open.Add(-1)
+			t := up.t
+			up.release() // not resp.Body.Close, which would read the body to its end
 			// Not a failure of the target: the client chose the path (see
 			// notEndpoint).
 			t.countRefusal(status)
 			p.reject(w, r, &BackendError{Target: t.raw, Op: "upgrade", Err: fmt.Errorf("%w: status %d", errNotEndpoint, status)})
 			return nil, nil
 		}
-		p.refused(w, r, t, resp, back, br)
+		p.refused(w, r, &up)
 		return nil, nil
 	}
 
-	p.stick(r, &aff, t, resp.Header)
-	backBuf := buffered(br)
-	putReader(br)
-	back.SetDeadline(time.Time{})
-	if err := write200(w, rc, resp, p.cfg.handshakeTimeout); err != nil {
-		back.Close()
-		t.open.Add(-1)
+	p.stick(r, &aff, up.t, up.resp.Header)
+	if err := write200(w, rc, up.resp, p.cfg.handshakeTimeout); err != nil {
+		up.release()
 		p.rejected.Add(1)
 		p.notifyReject(r, fmt.Errorf("wsproxy: writing 200 to HTTP/2 client: %w", err))
 		return nil, nil
 	}
 	client := newH2Conn(w, r, rc)
-	tn := p.launch(r, t, client, nil, back, backBuf, resp, slot, func(tn *tunnel) {
-		tn.rareLocked().done = make(chan struct{}) // the handler waits for the tunnel; not started yet, so no lock
+	tn := p.launch(r, client, nil, &up, slot, func(tn *tunnel) {
+		tn.endingLocked().done = make(chan struct{}) // the handler waits for the tunnel; not started yet, so no lock
 		client.closeTimeout = p.cfg.closeTimeout
-		client.awaitingClose = func() bool { return tn.down.flags.has(fSentClose) && !tn.up.flags.has(fSrcClosed) }
+		client.awaitingClose = tn.owesCloseAnswer
 	})
 	return tn, client
 }

@@ -27,30 +27,6 @@ import (
 	"github.com/wsproxy/wsproxy/internal/wstest"
 )
 
-// Go's HTTP/2 server accepts extended CONNECT only with GODEBUG=
-// http2xconnect=1, which net/http reads from the environment in its own
-// init, before any test code runs (//go:debug does not know the setting).
-// So the test binary restarts itself once with the setting added. Only
-// HTTP/2 servers are affected: they advertise SETTINGS_ENABLE_CONNECT_PROTOCOL.
-func init() {
-	const setting = "http2xconnect=1"
-	old := os.Getenv("GODEBUG")
-	if strings.Contains(old, setting) {
-		return
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		return // the h2 tests will say what is missing
-	}
-	env := []string{"GODEBUG=" + strings.TrimPrefix(old+","+setting, ",")}
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "GODEBUG=") {
-			env = append(env, kv)
-		}
-	}
-	syscall.Exec(exe, os.Args, env) // returns only on failure
-}
-
 func requireXConnect(t *testing.T) {
 	t.Helper()
 	require.Contains(t, os.Getenv("GODEBUG"), "http2xconnect=1",

@@ -38,13 +38,13 @@ type lbConfig struct {
 
 // Defaults of passive health are nginx's: max_fails=1 fail_timeout=10s.
 const (
-	defaultMaxFails  = 1
-	defaultFailTime  = 10 * time.Second
-	defaultTries     = 3
-	defaultCheckEvry = 5 * time.Second
-	defaultCheckTime = 2 * time.Second
-	defaultCheckRise = 2
-	defaultCheckFall = 3
+	defaultMaxFails   = 1
+	defaultFailTime   = 10 * time.Second
+	defaultTries      = 3
+	defaultCheckEvery = 5 * time.Second
+	defaultCheckTime  = 2 * time.Second
+	defaultCheckRise  = 2
+	defaultCheckFall  = 3
 )
 
 func defaultLBConfig() lbConfig {
@@ -152,7 +152,7 @@ func WithHealthCheck(hc HealthCheck) Option {
 			hc.Path = "/"
 		}
 		if hc.Interval == 0 {
-			hc.Interval = defaultCheckEvry
+			hc.Interval = defaultCheckEvery
 		}
 		if hc.Timeout == 0 {
 			hc.Timeout = defaultCheckTime

@@ -8,6 +8,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -18,12 +19,37 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	reexecWithXConnect() // for the HTTP/2 tests
 	// WSPROXY_TEST_PARK_AFTER=5ms makes every pump park in the reactor
 	// almost at once, to run the whole suite through the parking paths.
 	if d, err := time.ParseDuration(os.Getenv("WSPROXY_TEST_PARK_AFTER")); err == nil {
 		parkAfter = d
 	}
 	leakcheck.Main(m)
+}
+
+// Go's HTTP/2 server accepts extended CONNECT only with GODEBUG=
+// http2xconnect=1, which net/http reads from the environment in its own
+// init, before any test code runs (//go:debug does not know the setting).
+// So TestMain restarts the test binary once with the setting added. Only
+// HTTP/2 servers are affected: they advertise SETTINGS_ENABLE_CONNECT_PROTOCOL.
+func reexecWithXConnect() {
+	const setting = "http2xconnect=1"
+	old := os.Getenv("GODEBUG")
+	if strings.Contains(old, setting) {
+		return
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		return // the h2 tests will say what is missing
+	}
+	env := []string{"GODEBUG=" + strings.TrimPrefix(old+","+setting, ",")}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GODEBUG=") {
+			env = append(env, kv)
+		}
+	}
+	syscall.Exec(exe, os.Args, env) // returns only on failure
 }
 
 // newBackend starts an HTTP server with handler h and returns its ws:// URL.
@@ -108,4 +134,35 @@ func hostOf(url string) string { return strings.TrimPrefix(strings.TrimPrefix(ur
 // upgradeRequest is a valid upgrade request for "/" on the server at url.
 func upgradeRequest(url string) string {
 	return string(wstest.Request(hostOf(url), "/", wstest.NewKey()))
+}
+
+// hungUpTunnels counts p's tunnels one of whose sides sent its close frame
+// and then hung up (an EOF the proxy read).
+func hungUpTunnels(p *Proxy) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for tn := range p.tunnels.all() {
+		tn.mu.Lock()
+		if tn.eofs > 0 && (tn.up.flags.has(fSrcClosed) || tn.down.flags.has(fSrcClosed)) {
+			n++
+		}
+		tn.mu.Unlock()
+	}
+	return n
+}
+
+// closesQueued reports whether Shutdown began and every tunnel still open
+// has the proxy's close frames, both ways, written or waiting for the end
+// of the frame under way.
+func closesQueued(p *Proxy) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	queued := func(pu *pump) bool { return pu.flags.has(fHasPending) || pu.flags.has(fSentClose) }
+	for tn := range p.tunnels.all() {
+		if !queued(&tn.up) || !queued(&tn.down) {
+			return false
+		}
+	}
+	return p.state != running
 }

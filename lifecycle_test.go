@@ -252,7 +252,8 @@ func TestShutdownManyTunnels(t *testing.T) {
 		defer cancel()
 		shutdownDone <- p.Shutdown(ctx)
 	}()
-	time.Sleep(50 * time.Millisecond)
+	require.Eventually(t, func() bool { return closesQueued(p) }, 5*time.Second, time.Millisecond,
+		"Shutdown queued its close frames behind the frames under way")
 	close(release) // the half-sent frames complete now
 
 	for range n {

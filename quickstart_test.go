@@ -102,7 +102,7 @@ func TestQuickStartIsTheProgram(t *testing.T) {
 		"the README's Quick start must be %s, byte for byte", quickStartFile)
 
 	// The package doc shows the body of main, indented by one tab.
-	src, err := os.ReadFile("wsproxy.go")
+	src, err := os.ReadFile("doc.go")
 	require.NoError(t, err)
 	var doc []string
 	for _, line := range strings.Split(string(src), "\n") {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -29,7 +30,7 @@ type tunnel struct {
 
 	// What info reports, kept field by field: an idle tunnel holds only
 	// what it must (see "Memory of an idle tunnel" in docs/DESIGN.md); the
-	// client's address is its connection's unless rare says otherwise.
+	// client's address is its connection's unless ending says otherwise.
 	path        string
 	subprotocol string
 	opened      time.Duration // since clockBase: the monotonic clock, in 8 bytes rather than a time.Time's 24
@@ -37,18 +38,16 @@ type tunnel struct {
 	up   pump // client to backend
 	down pump // backend to client
 
-	clock     *tunnelClock // nil unless an idle timeout or keepalive pings are configured
-	running   atomic.Int32 // pumps still running
-	lingering atomic.Bool  // the close handshake is done: read deadlines run out the linger
+	clock *tunnelClock  // nil unless an idle timeout or keepalive pings are configured
+	ph    atomic.Uint32 // the phase of the tunnel's end (see advance, in end.go): written by advance only
 
 	protoMajor, protoMinor uint8 // of the client's request
 
-	mu      sync.Mutex
-	closing bool        // a polite close was started
-	torn    bool        // sockets closed
-	eofs    uint8       // directions that ended with EOF
-	holding bool        // the tunnel holds places under the admission limits (rare.slotCS: its client's)
-	rare    *tunnelRare // what only some tunnels need; nil until needed
+	mu      sync.Mutex    // guards what follows, and orders advance's decisions
+	eofs    uint8         // directions that ended with EOF; advance's
+	running uint8         // pumps still running (2 until the first ends); advance's
+	holding bool          // the tunnel holds places under the admission limits (ending.slotCS: its client's)
+	ending  *tunnelEnding // nil until needed
 
 	prev, next *tunnel // in the proxy's tunnelList, under the proxy's mu
 }
@@ -103,12 +102,9 @@ type pump struct {
 	t *tunnel
 
 	// Read state, owned by the pump's goroutine.
-	carry     *[wsframe.MaxControlFrame]byte // unconsumed tail: a partial header or control frame; allocated on first use, as most tunnels never need it
-	remaining uint64                         // payload bytes of the current data frame still to pass
-	msgSize   uint64                         // bytes of the current (possibly fragmented) message so far
-	ncarry    uint8
-	broken    bool // framing was lost after a protocol error: discard everything
-	srcFailed bool // reading src failed (not an EOF): the src side broke
+	frames    wsframe.Tracker // where src's stream is: the current frame, the carried tail
+	broken    bool            // framing was lost after a protocol error: discard everything
+	srcFailed bool            // reading src failed (not an EOF): the src side broke
 
 	fromClient bool // src is the client: its frames are masked, and frames the proxy writes to dst must be masked
 	spliceOK   bool // plain TCP on both ends: large payloads can skip user space
@@ -141,9 +137,12 @@ type tunnelClock struct {
 	pingSent   [2]atomic.Int64 // by direction: the proxy's last ping written to dst
 }
 
-// A tunnelRare holds what a tunnel needs only sometimes: its timers, and
-// why it ended. tn.mu guards it.
-type tunnelRare struct {
+// A tunnelEnding holds what ending a tunnel involves, which an idle tunnel
+// need not carry: the timers to stop, why it ended, the per-client
+// admission entry to give back, the channel the HTTP/2 handler waits on;
+// and the client's address where a middleware changed it. It is allocated
+// the first time one of them is set. tn.mu guards it.
+type tunnelEnding struct {
 	remoteAddr    string        // the request's RemoteAddr, where it is not the client connection's (a middleware set it)
 	hasRemoteAddr bool          // remoteAddr is set
 	slotCS        *clientState  // with holding: the client's entry under per-client limits, if any
@@ -154,19 +153,19 @@ type tunnelRare struct {
 	err           error         // the first error that ended it
 }
 
-// rareLocked returns the tunnel's tunnelRare, made on first use. tn.mu is
+// endingLocked returns the tunnel's tunnelEnding, made on first use. tn.mu is
 // held.
-func (tn *tunnel) rareLocked() *tunnelRare {
-	if tn.rare == nil {
-		tn.rare = new(tunnelRare)
+func (tn *tunnel) endingLocked() *tunnelEnding {
+	if tn.ending == nil {
+		tn.ending = new(tunnelEnding)
 	}
-	return tn.rare
+	return tn.ending
 }
 
 // setReasonLocked records why the proxy ends the tunnel, unless a reason
 // was given before. tn.mu is held.
 func (tn *tunnel) setReasonLocked(reason string) {
-	if e := tn.rareLocked(); e.reason == "" {
+	if e := tn.endingLocked(); e.reason == "" {
 		e.reason = reason
 	}
 }
@@ -260,10 +259,11 @@ func newTunnel(p *Proxy, t *Target, client net.Conn, back net.Conn, info TunnelI
 	tn := &tunnel{p: p, target: t, client: client, back: back,
 		path: info.Path, subprotocol: info.Subprotocol, opened: info.Start.Sub(clockBase)}
 	if ra := client.RemoteAddr(); ra == nil || ra.String() != info.RemoteAddr {
-		e := tn.rareLocked() // not started: nothing else sees tn yet
+		e := tn.endingLocked() // not started: nothing else sees tn yet
 		e.remoteAddr, e.hasRemoteAddr = info.RemoteAddr, true
 	}
 	tn.protoMajor, tn.protoMinor, _ = parseProto(info.Proto)
+	tn.running = 2
 	tn.up = pump{t: tn, fromClient: true}
 	tn.down = pump{t: tn}
 	_, clientTCP := client.(*net.TCPConn)
@@ -289,7 +289,7 @@ func (tn *tunnel) info() TunnelInfo {
 		proto = "HTTP/" + strconv.Itoa(int(tn.protoMajor)) + "." + strconv.Itoa(int(tn.protoMinor))
 	}
 	tn.mu.Lock()
-	e := tn.rare
+	e := tn.ending
 	var remoteAddr string
 	if e != nil && e.hasRemoteAddr {
 		remoteAddr = e.remoteAddr
@@ -316,31 +316,31 @@ func parseProto(proto string) (major, minor uint8, ok bool) {
 }
 
 // holdSlot makes the tunnel the holder of the admission's places, stored
-// as a flag and, for per-client limits, an entry in tunnelRare, since most
+// as a flag and, for per-client limits, an entry in tunnelEnding, since most
 // tunnels have none. Called before start.
 func (tn *tunnel) holdSlot(a admission) {
 	tn.holding = a.l != nil
 	if a.cs != nil {
-		tn.rareLocked().slotCS = a.cs // not started: nothing else sees tn yet
+		tn.endingLocked().slotCS = a.cs // not started: nothing else sees tn yet
 	}
 }
 
 // releaseSlot gives the tunnel's places back. Called once, after the pumps
-// are done, so nothing writes tn.rare any more.
+// are done, so nothing writes tn.ending any more.
 func (tn *tunnel) releaseSlot() {
 	if !tn.holding {
 		return
 	}
 	a := admission{l: &tn.p.limits}
-	if tn.rare != nil {
-		a.cs = tn.rare.slotCS
+	if tn.ending != nil {
+		a.cs = tn.ending.slotCS
 	}
 	a.release()
 }
 
 // addTimer keeps t to be stopped when the tunnel ends. tn.mu is held.
 func (tn *tunnel) addTimer(t *time.Timer) {
-	e := tn.rareLocked()
+	e := tn.endingLocked()
 	e.timers = append(e.timers, t)
 }
 
@@ -377,7 +377,6 @@ func (tn *tunnel) start(clientBuf, backBuf []byte) {
 		tn.addTimer(ping)
 	}
 	tn.mu.Unlock()
-	tn.running.Store(2)
 	tn.up.begin(clientBuf)
 	tn.down.begin(backBuf)
 }
@@ -435,195 +434,13 @@ func (tn *tunnel) isOwnPong(payload []byte) bool {
 	return tn.clock != nil && len(payload) == 8 && binary.BigEndian.Uint32(payload) == tn.clock.pingID
 }
 
-// politeClose sends a close frame to each side, at a frame boundary, and
-// gives the peers the close timeout to answer before the sockets are
-// closed. The first call wins; later ones do nothing.
-func (tn *tunnel) politeClose(toClient, toBackend uint16, reason string) {
-	tn.politeCloseDetail(toClient, toBackend, reason, "")
-}
-
-// politeCloseDetail is politeClose with free text about the reason, which
-// the close frames carry instead of the reason.
-func (tn *tunnel) politeCloseDetail(toClient, toBackend uint16, reason, detail string) {
-	tn.mu.Lock()
-	if tn.closing || tn.torn {
-		tn.mu.Unlock()
-		return
-	}
-	tn.closing = true
-	e := tn.rareLocked()
-	e.reason, e.detail = reason, detail
-	tn.addTimer(time.AfterFunc(tn.p.cfg.closeTimeout, func() { tn.teardown(nil) }))
-	tn.mu.Unlock()
-
-	text := reason
-	if detail != "" {
-		text = detail
-	}
-	tn.down.inject(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(toClient, text), nil), true)
-	tn.up.inject(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(toBackend, text), newMask()), true)
-	tn.checkCloseHandshake()
-}
-
-// checkCloseHandshake ends the tunnel's TCP connections once each side both
-// sent and received a close frame: nothing may follow, so the proxy sends
-// FIN both ways and waits a little for the peers' own FIN, which avoids the
-// reset (and lost close frame) that closing with unread bytes causes. If a
-// side hung up already, the tunnel ends now: pumpDone waited for this.
-func (tn *tunnel) checkCloseHandshake() {
-	if !tn.closeHandshakeDone() {
-		return
-	}
-	tn.mu.Lock()
-	tn.lingering.Store(true)
-	deadline := time.Now().Add(tn.p.cfg.closeTimeout)
-	tn.up.shutDst()
-	tn.down.shutDst()
-	tn.client.SetReadDeadline(deadline)
-	tn.back.SetReadDeadline(deadline)
-	hungUp := tn.eofs > 0
-	tn.mu.Unlock()
-	if hungUp {
-		// Not here: a pump may be calling this from inside a read of a
-		// socket that teardown closes, and Close waits for that read.
-		go tn.teardown(nil)
-		return
-	}
-	// A parked pump would never see its deadline.
-	tn.up.wake()
-	tn.down.wake()
-}
-
-// closeHandshakeDone reports whether each side sent a close frame and was
-// sent one: read is not enough, a close frame read may still be on its way
-// out, behind the last messages before it.
-func (tn *tunnel) closeHandshakeDone() bool {
-	const both = fSrcClosed | fSentClose
-	return tn.up.flags.v.Load()&both == both && tn.down.flags.v.Load()&both == both
-}
-
-// shutDst closes the write half of dst (TCP FIN), once.
-func (p *pump) shutDst() {
-	if p.flags.setOnce(fDstShut) {
-		closeWrite(p.dst())
-	}
-}
-
-func closeWrite(c net.Conn) {
-	if cw, ok := c.(interface{ CloseWrite() error }); ok {
-		cw.CloseWrite()
-	}
-}
-
-// teardown closes both connections now. The pumps then end, and the last
-// one to end finishes the tunnel.
-func (tn *tunnel) teardown(err error) {
-	tn.mu.Lock()
-	if tn.torn {
-		tn.mu.Unlock()
-		return
-	}
-	tn.torn = true
-	if e := tn.rareLocked(); e.err == nil {
-		e.err = err
-	}
-	tn.mu.Unlock()
-	// A running pump may be writing to one socket while it holds the
-	// other's read lock (see rawReader), and Close waits for a socket's
-	// users. Closing the client wakes whatever waits on it, writes
-	// included; a write to the backend, by the pump whose read lock that
-	// Close waits for, needs a deadline in the past first.
-	if tn.up.parkable {
-		tn.back.SetDeadline(longAgo)
-	}
-	tn.client.Close()
-	tn.back.Close()
-	tn.up.wake()
-	tn.down.wake()
-}
-
-// longAgo is a deadline that has passed.
-var longAgo = time.Unix(1, 0)
-
-// pumpDone is called by each pump as it ends, with nil for a clean EOF.
-func (tn *tunnel) pumpDone(p *pump, err error) {
-	switch {
-	case err == nil:
-		// Pass the half-close on, and bound how long the other direction may
-		// stay open alone.
-		p.shutDst()
-		tn.mu.Lock()
-		tn.eofs++
-		if tn.eofs == 1 && tn.p.cfg.halfCloseTimeout > 0 && !tn.torn {
-			tn.addTimer(time.AfterFunc(tn.p.cfg.halfCloseTimeout, func() {
-				tn.mu.Lock()
-				tn.setReasonLocked(ReasonHalfCloseTimeout)
-				tn.mu.Unlock()
-				tn.teardown(nil)
-			}))
-		}
-		tn.mu.Unlock()
-		switch {
-		case tn.closeHandshakeDone():
-			// Both close frames went through and one side hung up: done.
-			tn.teardown(nil)
-		case tn.up.flags.has(fSrcClosed) && tn.down.flags.has(fSrcClosed):
-			// The other side's close frame is still being written to the
-			// side that hung up. checkCloseHandshake ends the tunnel once
-			// it is out (it reads eofs under the lock, so one of the two
-			// sees both); the close timeout bounds the write.
-			p.src().SetWriteDeadline(time.Now().Add(tn.p.cfg.closeTimeout))
-		}
-	case isTimeout(err) && tn.isClosing():
-		// The read deadline after a completed close handshake.
-		tn.teardown(nil)
-	default:
-		if p.srcFailed && !errors.Is(err, net.ErrClosed) {
-			p.tellPeerGone()
-		}
-		tn.teardown(err)
-	}
-	if tn.running.Add(-1) == 0 {
-		tn.teardown(nil)
-		tn.finish()
-	}
-}
-
-// tellPeerGone writes a close frame to the side still standing when the
-// other one broke (a reset, not an orderly end): a client whose backend
-// crashed reads 1011 rather than a bare TCP close (1006), a backend whose
-// client vanished reads 1001. It happens at a frame boundary only, and
-// never waits longer than the close timeout.
-func (p *pump) tellPeerGone() {
-	tn := p.t
-	code, reason, mask := uint16(wsframe.CloseGoingAway), ReasonClientConnectionLost, newMask()
-	if p == &tn.down {
-		code, reason, mask = wsframe.CloseInternalError, ReasonBackendConnectionLost, nil
-	}
-	tn.mu.Lock()
-	torn := tn.torn
-	tn.setReasonLocked(reason)
-	tn.mu.Unlock()
-	if torn {
-		return
-	}
-	p.dst().SetWriteDeadline(time.Now().Add(tn.p.cfg.closeTimeout))
-	p.inject(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(code, reason), mask), true)
-}
-
-func (tn *tunnel) isClosing() bool {
-	tn.mu.Lock()
-	defer tn.mu.Unlock()
-	return tn.closing || (tn.up.flags.has(fSrcClosed) && tn.down.flags.has(fSrcClosed))
-}
-
 // finish runs once, after both pumps ended: stop the timers, settle the
 // counts, tell the hooks and the log, leave the registry.
 func (tn *tunnel) finish() {
 	tn.mu.Lock()
 	var reason, detail string
 	var err error
-	if e := tn.rare; e != nil {
+	if e := tn.ending; e != nil {
 		for _, t := range e.timers {
 			t.Stop()
 		}
@@ -643,8 +460,8 @@ func (tn *tunnel) finish() {
 		Err:             err,
 	}
 	tn.p.tunnelClosed(tn, info)
-	if tn.rare != nil && tn.rare.done != nil {
-		close(tn.rare.done)
+	if tn.ending != nil && tn.ending.done != nil {
+		close(tn.ending.done)
 	}
 }
 
@@ -659,12 +476,13 @@ func (p *pump) run(initial []byte) {
 	if err == errParked {
 		return // the reactor runs the pump again when bytes come
 	}
-	if p.ncarry > 0 && err == nil {
+	if p.frames.Carried() > 0 && err == nil {
 		err = fmt.Errorf("%w: connection ended inside a frame", io.ErrUnexpectedEOF)
 	}
 	p.t.pumpDone(p, err)
 }
 
+// loop passes the bytes src sent before the hijack, then what it sends.
 func (p *pump) loop(initial []byte) error {
 	for len(initial) > 0 {
 		bp := bufPool.Get().(*[]byte)
@@ -676,9 +494,12 @@ func (p *pump) loop(initial []byte) error {
 			return err
 		}
 	}
-	if p.parkable {
-		return p.loopRaw(newRawReader(p, parkableConn(p.src())))
-	}
+	return p.loopSrc()
+}
+
+// loopRead is the loop of a pump that waits in src's Read, holding its
+// buffer: TLS, HTTP/2 streams, and every source where pumps cannot park.
+func (p *pump) loopRead() error {
 	for {
 		bp := bufPool.Get().(*[]byte)
 		n, rerr := p.src().Read((*bp)[bufHeadroom:])
@@ -705,44 +526,11 @@ func (p *pump) loop(initial []byte) error {
 	}
 }
 
-// loopRaw is the loop of a pump that can park: the rawReader reads and
-// passes bytes without holding a buffer while it waits, and the pump parks
-// after parkAfter without bytes.
-func (p *pump) loopRaw(rr *rawReader) error {
-	for {
-		rr.deadline = p.armIdleDeadline(rr.deadline)
-		err := rr.run()
-		switch {
-		case errors.Is(err, os.ErrDeadlineExceeded):
-			rr.deadline = 0
-			if p.tryPark() {
-				return errParked
-			}
-			// Only the linger deadline of a finished close handshake
-			// ends the pump; during a polite close the close timeout
-			// bounds the wait, so the idle deadline just moves on.
-			if p.t.lingering.Load() {
-				return err
-			}
-			continue
-		case err != nil:
-			return err
-		case rr.eof:
-			return nil
-		}
-		if p.canSplice() {
-			if err := p.splice(); err != nil {
-				return err
-			}
-		}
-	}
-}
-
 // canSplice reports whether the rest of the current frame's payload should
 // bypass user space. After a close frame went to dst nothing more may reach
 // it: the rest of the frame takes the buffered path, which drops it.
 func (p *pump) canSplice() bool {
-	return p.remaining >= spliceMin && spliceMin > 0 && p.spliceOK && !p.broken && !p.flags.has(fSentClose)
+	return p.frames.Remaining() >= spliceMin && p.spliceOK && !p.broken && !p.flags.has(fSentClose)
 }
 
 // parkAfter is how long a pump waits for bytes in its goroutine before it
@@ -753,60 +541,27 @@ func (p *pump) canSplice() bool {
 // (some tens of microseconds of CPU per message).
 var parkAfter = 100 * time.Millisecond
 
-var errParked = errors.New("pump parked")
-
-// armIdleDeadline keeps a read deadline parkAfter ahead, moving it only
-// when half of it is used up, so a busy pump rarely touches its timer. It
-// returns the deadline now set. During the close handshake the linger
-// deadline rules instead.
-func (p *pump) armIdleDeadline(deadline int64) int64 {
-	if p.t.lingering.Load() {
-		return deadline
-	}
-	now := time.Now().UnixNano()
-	if deadline-now < int64(parkAfter/2) {
-		deadline = now + int64(parkAfter)
-		p.src().SetReadDeadline(time.Unix(0, deadline))
-	}
-	return deadline
-}
-
-// tryPark hands the pump to the reactor unless the tunnel is ending.
-func (p *pump) tryPark() bool {
-	tn := p.t
-	tn.mu.Lock()
-	if tn.closing || tn.torn || tn.lingering.Load() {
-		tn.mu.Unlock()
-		return false
-	}
-	// A parked socket must not keep a deadline: nothing would read it.
-	p.src().SetReadDeadline(time.Time{})
-	tn.mu.Unlock()
-	return theReactor.park(p)
-}
-
 // spliceMin is the payload still to pass in the current frame from which
 // the pump lets the kernel move it between two TCP sockets (splice(2) on
 // Linux, through net.TCPConn.ReadFrom) instead of copying it through a
 // buffer. Below it, the extra system calls cost more than the copy saves.
-// Zero disables splicing (benchmarks compare both).
-var spliceMin uint64 = 16 << 10
+const spliceMin = 16 << 10
 
 // splice passes the rest of the current frame's payload. It holds no lock:
 // the stream is mid-frame, so the proxy's own frames wait in pending
 // until the frame ends.
 func (p *pump) splice() error {
-	lr := &io.LimitedReader{R: p.src(), N: int64(p.remaining)}
+	lr := &io.LimitedReader{R: p.src(), N: int64(p.frames.Remaining())}
 	n, err := p.dst().(*net.TCPConn).ReadFrom(lr)
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		err = nil // the idle deadline: the loop parks or goes on
 	}
-	p.remaining -= uint64(n)
+	p.frames.Skip(uint64(n))
 	p.bytes.Add(n)
 	now := p.t.now()
 	p.sawRead(now)
 	p.t.sawFrame(now)
-	if p.remaining == 0 {
+	if p.frames.Remaining() == 0 {
 		p.mu.Lock()
 		p.midFrame = false
 		p.mu.Unlock()
@@ -825,18 +580,14 @@ func (p *pump) chunk(buf []byte, n int) error {
 	if p.broken {
 		return nil
 	}
-	start := bufHeadroom - int(p.ncarry)
-	if p.ncarry > 0 {
-		copy(buf[start:], p.carry[:p.ncarry])
-		p.ncarry = 0
-	}
+	start := p.frames.Restore(buf, bufHeadroom)
 	err := p.process(buf[start:bufHeadroom+n], now)
-	if errors.Is(err, errProtocol) || errors.Is(err, errTooBig) {
+	if errors.Is(err, errProtocol) || errors.Is(err, wsframe.ErrTooBig) {
 		// Framing is lost or the peer broke a limit: tell both sides, then
 		// drain what the peer still sends until the tunnel is torn down.
 		p.broken = true
 		code, reason, detail := uint16(wsframe.CloseProtocolError), ReasonProtocolError, err.Error()
-		if errors.Is(err, errTooBig) {
+		if errors.Is(err, wsframe.ErrTooBig) {
 			code, reason, detail = wsframe.CloseMessageTooBig, ReasonMessageTooBig, ""
 		}
 		go p.t.politeCloseDetail(code, code, reason, detail)
@@ -845,102 +596,55 @@ func (p *pump) chunk(buf []byte, n int) error {
 	return err
 }
 
-var errTooBig = errors.New("message larger than the limit")
-
-// process walks the frames in data, writes what is to be forwarded to dst
-// and keeps the unconsumed tail (a partial header or control frame) for
-// the next chunk. Data payloads pass untouched; control frames are held
-// until complete, so the proxy can read close codes and take its own pongs
-// out of the stream.
+// process walks the frames in data (wsframe.Tracker), writes what is to be
+// forwarded to dst and carries the unconsumed tail (a partial header or
+// control frame) over to the next chunk. Data payloads pass untouched;
+// control frames come whole, so the proxy can read close codes and take its
+// own pongs out of the stream.
 func (p *pump) process(data []byte, now int64) error {
 	i, seg := 0, 0 // data[seg:i] is read and not yet written
 	forwarded := false
+	rules := wsframe.Rules{Masked: p.fromClient, MaxMessage: uint64(p.t.p.cfg.maxMessageSize)}
 	for i < len(data) {
-		if p.remaining > 0 {
-			k := uint64(len(data) - i)
-			if k > p.remaining {
-				k = p.remaining
+		ev, n := p.frames.Next(data[i:], rules)
+		switch ev.Kind {
+		case wsframe.More:
+			p.frames.Carry(data[i:])
+			if forwarded {
+				p.t.sawFrame(now)
 			}
-			i += int(k)
-			p.remaining -= k
-			forwarded = true
-			if p.remaining == 0 && p.flags.has(fHasPending) {
+			return p.flush(data[seg:i], false)
+		case wsframe.Invalid:
+			p.flush(data[seg:i], false)
+			return invalidFrame(ev.Err)
+		case wsframe.DataFrame:
+			if ev.Fin {
+				p.messages.Add(1)
+			}
+		case wsframe.Control:
+			switch p.control(data[i:i+n], ev.OpCode) {
+			case dropFrame:
 				if err := p.flush(data[seg:i], false); err != nil {
 					return err
 				}
+				i += n
 				seg = i
-				p.writePending()
-			}
-			continue
-		}
-		h, n, err := wsframe.ParseHeader(data[i:])
-		if n == 0 {
-			break
-		}
-		if err != nil && err != wsframe.ErrNonMinimal {
-			p.flush(data[seg:i], false)
-			return fmt.Errorf("%w: %v", errProtocol, err)
-		}
-		if h.Masked != p.fromClient {
-			p.flush(data[seg:i], false)
-			if p.fromClient {
-				return fmt.Errorf("%w: unmasked frame from the client", errProtocol)
-			}
-			return fmt.Errorf("%w: masked frame from the backend", errProtocol)
-		}
-		if h.IsControl() {
-			end := i + n + int(h.Length)
-			if end > len(data) {
-				break
-			}
-			var payload [wsframe.MaxControlPayload]byte
-			pl := payload[:copy(payload[:], data[i+n:end])]
-			if h.Masked {
-				wsframe.Mask(h.Mask, 0, pl)
-			}
-			switch h.OpCode {
-			case wsframe.OpPong:
-				if p.t.isOwnPong(pl) {
-					if err := p.flush(data[seg:i], false); err != nil {
-						return err
-					}
-					seg = end
-					i = end
-					continue
-				}
-			case wsframe.OpClose:
-				code, _ := wsframe.ParseClose(pl)
-				p.closeCode.CompareAndSwap(0, int32(code))
-				p.flags.set(fSrcClosed)
-				err := p.flush(data[seg:end], true)
-				seg = end
+				continue
+			case closeFrame:
+				i += n
+				err := p.flush(data[seg:i], true)
+				seg = i
 				p.t.sawFrame(now)
-				p.t.checkCloseHandshake()
+				p.t.end(change{ev: evCloseFrames})
 				if err != nil {
 					return err
 				}
-				i = end
 				continue
 			}
-			i = end
-			forwarded = true
-		} else {
-			if h.OpCode != wsframe.OpContinuation {
-				p.msgSize = 0
-			}
-			p.msgSize += h.Length
-			if max := p.t.p.cfg.maxMessageSize; max > 0 && p.msgSize > uint64(max) {
-				p.flush(data[seg:i], false)
-				return errTooBig
-			}
-			if h.Fin {
-				p.messages.Add(1)
-			}
-			i += n
-			p.remaining = h.Length
-			forwarded = true
 		}
-		if p.remaining == 0 && p.flags.has(fHasPending) {
+		i += n
+		forwarded = true
+		if p.frames.Remaining() == 0 && p.flags.has(fHasPending) {
 			if err := p.flush(data[seg:i], false); err != nil {
 				return err
 			}
@@ -948,16 +652,46 @@ func (p *pump) process(data []byte, now int64) error {
 			p.writePending()
 		}
 	}
-	if tail := data[i:]; len(tail) > 0 {
-		if p.carry == nil {
-			p.carry = new([wsframe.MaxControlFrame]byte)
-		}
-		p.ncarry = uint8(copy(p.carry[:], tail))
-	}
 	if forwarded {
 		p.t.sawFrame(now)
 	}
 	return p.flush(data[seg:i], false)
+}
+
+// What process does with a control frame from src.
+const (
+	passFrame  = iota // forward it
+	dropFrame         // a pong answering the proxy's ping: the peer never sent the ping
+	closeFrame        // a close frame: forward it, and nothing after it
+)
+
+// control looks at a whole control frame from src and says what to do
+// with it; a close frame's code is recorded.
+func (p *pump) control(frame []byte, op byte) int {
+	var buf [wsframe.MaxControlPayload]byte
+	pl := wsframe.ControlPayload(frame, &buf)
+	switch op {
+	case wsframe.OpPong:
+		if p.t.isOwnPong(pl) {
+			return dropFrame
+		}
+	case wsframe.OpClose:
+		code, _ := wsframe.ParseClose(pl)
+		p.closeCode.CompareAndSwap(0, int32(code))
+		p.flags.set(fSrcClosed)
+		return closeFrame
+	}
+	return passFrame
+}
+
+// invalidFrame is the error of a frame that breaks a rule: the size limit
+// as it is, anything else as a protocol error whose text, sent to the
+// peers as the close reason, names the rule.
+func invalidFrame(err error) error {
+	if errors.Is(err, wsframe.ErrTooBig) {
+		return err
+	}
+	return fmt.Errorf("%w: %s", errProtocol, strings.TrimPrefix(err.Error(), "wsframe: "))
 }
 
 // flush writes b to dst unless a close frame already went there. isClose
@@ -973,7 +707,7 @@ func (p *pump) flush(b []byte, isClose bool) error {
 	}
 	n, err := p.dst().Write(b)
 	p.bytes.Add(int64(n))
-	p.midFrame = p.remaining > 0
+	p.midFrame = p.frames.Remaining() > 0
 	if isClose && err == nil {
 		p.flags.set(fSentClose)
 	}
@@ -1009,7 +743,7 @@ func (p *pump) writePending() {
 	p.pending = nil
 	p.flags.clear(fHasPending)
 	if p.flags.has(fSentClose) {
-		p.t.checkCloseHandshake()
+		p.t.end(change{ev: evCloseFrames})
 	}
 }
 

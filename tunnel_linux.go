@@ -1,9 +1,11 @@
 package wsproxy
 
 import (
+	"errors"
 	"net"
 	"os"
 	"syscall"
+	"time"
 )
 
 // canPark says that plain TCP sources wait without a buffer and park in the
@@ -22,6 +24,80 @@ func parkableConn(c net.Conn) syscall.RawConn {
 		return nil
 	}
 	return rc
+}
+
+// loopSrc passes what src sends: a plain TCP source waits without a buffer
+// and parks (loopRaw), others wait in Read.
+func (p *pump) loopSrc() error {
+	if p.parkable {
+		return p.loopRaw(newRawReader(p, parkableConn(p.src())))
+	}
+	return p.loopRead()
+}
+
+// loopRaw is the loop of a pump that can park: the rawReader reads and
+// passes bytes without holding a buffer while it waits, and the pump parks
+// after parkAfter without bytes.
+func (p *pump) loopRaw(rr *rawReader) error {
+	for {
+		rr.deadline = p.armIdleDeadline(rr.deadline)
+		err := rr.run()
+		switch {
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			rr.deadline = 0
+			if p.tryPark() {
+				return errParked
+			}
+			// Only the linger deadline of a finished close handshake
+			// ends the pump; during a polite close the close timeout
+			// bounds the wait, so the idle deadline just moves on.
+			if p.t.phase() >= phaseLingering {
+				return err
+			}
+			continue
+		case err != nil:
+			return err
+		case rr.eof:
+			return nil
+		}
+		if p.canSplice() {
+			if err := p.splice(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+var errParked = errors.New("pump parked")
+
+// armIdleDeadline keeps a read deadline parkAfter ahead, moving it only
+// when half of it is used up, so a busy pump rarely touches its timer. It
+// returns the deadline now set. During the close handshake the linger
+// deadline rules instead.
+func (p *pump) armIdleDeadline(deadline int64) int64 {
+	if p.t.phase() >= phaseLingering {
+		return deadline
+	}
+	now := time.Now().UnixNano()
+	if deadline-now < int64(parkAfter/2) {
+		deadline = now + int64(parkAfter)
+		p.src().SetReadDeadline(time.Unix(0, deadline))
+	}
+	return deadline
+}
+
+// tryPark hands the pump to the reactor unless the tunnel is ending.
+func (p *pump) tryPark() bool {
+	tn := p.t
+	tn.mu.Lock()
+	if tn.phase() != phaseOpen {
+		tn.mu.Unlock()
+		return false
+	}
+	// A parked socket must not keep a deadline: nothing would read it.
+	p.src().SetReadDeadline(time.Time{})
+	tn.mu.Unlock()
+	return theReactor.park(p)
 }
 
 // A rawReader runs a pump's reads inside RawConn.Read, so that the pump

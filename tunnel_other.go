@@ -2,28 +2,14 @@
 
 package wsproxy
 
-import (
-	"errors"
-	"net"
-	"syscall"
-)
+import "errors"
 
 // canPark is false where the buffer-free wait and the reactor are not
 // implemented: pumps block in Read holding their buffer.
 const canPark = false
 
-// parkableConn returns nil here.
-func parkableConn(net.Conn) syscall.RawConn { return nil }
+// errParked is never returned here: pumps do not park.
+var errParked = errors.New("pump parked")
 
-// rawReader is never used here: parkableConn returns nil, so pumps read
-// through net.Conn.Read.
-type rawReader struct {
-	deadline int64
-	eof      bool
-}
-
-func newRawReader(*pump, syscall.RawConn) *rawReader { return &rawReader{} }
-
-func (*rawReader) run() error {
-	return errors.New("wsproxy: raw reads are implemented on Linux only")
-}
+// loopSrc passes what src sends, waiting in Read.
+func (p *pump) loopSrc() error { return p.loopRead() }

@@ -223,7 +223,7 @@ func TestTunnelInfoRemoteAddrFromMiddleware(t *testing.T) {
 // this struct (both pumps inside), and 320 bytes is one of Go's size
 // classes; a field more moves every tunnel to the next class (+32 bytes).
 // Grow it knowingly, and move what only some tunnels need behind a pointer
-// (tunnelRare, tunnelClock).
+// (tunnelEnding, tunnelClock).
 func TestTunnelSize(t *testing.T) {
 	if size := unsafe.Sizeof(tunnel{}); size > 320 {
 		t.Fatalf("tunnel is %d bytes, more than the 320 the idle-memory budget allows", size)

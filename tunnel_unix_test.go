@@ -29,9 +29,9 @@ const hangUpN, hangUpSize = 100, 200
 
 func hangUpMessage(i int) []byte { return bytes.Repeat([]byte{byte(i)}, hangUpSize) }
 
-// hangUpWithTailPending sets up that state and returns the client, which
-// has read the first message.
-func hangUpWithTailPending(t *testing.T, opts ...Option) (*wstest.Conn, *net.TCPConn) {
+// hangUpWithTailPending sets up that state and returns the proxy and the
+// client, which has read the first message.
+func hangUpWithTailPending(t *testing.T, opts ...Option) (*Proxy, *wstest.Conn, *net.TCPConn) {
 	t.Helper()
 	var tail []byte
 	for i := range hangUpN {
@@ -90,7 +90,7 @@ func hangUpWithTailPending(t *testing.T, opts ...Option) (*wstest.Conn, *net.TCP
 	time.Sleep(50 * time.Millisecond)
 	require.NoError(t, c.WriteClose(4000, "done"))
 	require.NoError(t, tc.CloseWrite())
-	return c, tc
+	return p, c, tc
 }
 
 // TestLastFramesBeforeClientHangUp: the proxy passes the backend's last
@@ -99,8 +99,9 @@ func hangUpWithTailPending(t *testing.T, opts ...Option) (*wstest.Conn, *net.TCP
 // the client lost the tail (and over HTTP/2, Chromium saw a reset stream).
 func TestLastFramesBeforeClientHangUp(t *testing.T) {
 	t.Parallel()
-	c, tc := hangUpWithTailPending(t)
-	time.Sleep(100 * time.Millisecond)
+	p, c, tc := hangUpWithTailPending(t)
+	require.Eventually(t, func() bool { return hungUpTunnels(p) == 1 }, 5*time.Second, time.Millisecond,
+		"the proxy read the client's close frame and FIN")
 	tc.SetReadDeadline(time.Now().Add(5 * time.Second))
 	for i := 1; i < hangUpN; i++ {
 		op, msg, err := c.ReadMessage()
@@ -121,7 +122,7 @@ func TestLastFramesBeforeClientHangUp(t *testing.T) {
 func TestHangUpWithoutReading(t *testing.T) {
 	t.Parallel()
 	closed := make(chan CloseInfo, 1)
-	hangUpWithTailPending(t, WithCloseTimeout(200*time.Millisecond), WithHalfCloseTimeout(0),
+	_, _, _ = hangUpWithTailPending(t, WithCloseTimeout(200*time.Millisecond), WithHalfCloseTimeout(0),
 		WithHooks(Hooks{OnClose: func(ci CloseInfo) { closed <- ci }}))
 	select {
 	case ci := <-closed:

@@ -6,7 +6,7 @@
 #
 #   scripts/fuzz.sh                    20s each
 #   FUZZTIME=10m scripts/fuzz.sh       a longer run, before a release
-#   FUZZTIME=1h FUZZPARALLEL=8 scripts/fuzz.sh FuzzFrameTracker
+#   FUZZTIME=1h FUZZPARALLEL=8 scripts/fuzz.sh FuzzTracker
 #                                      one target, overnight, on a big machine
 #
 # Longer runs find more: the seeds reach every branch at once, but frame
@@ -24,9 +24,9 @@ FUZZMINIMIZETIME=${FUZZMINIMIZETIME:-5s}
 # package and target, one a line
 targets=(
   "./internal/wsframe FuzzParseHeader"
+  "./internal/wsframe FuzzTracker"
   ". FuzzClientRequest"
   ". FuzzBackendResponse"
-  ". FuzzFrameTracker"
   ". FuzzOriginPattern"
   ". FuzzInConnection"
   ". FuzzStripCookie"
