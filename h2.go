@@ -97,8 +97,12 @@ func (p *Proxy) serveH2(w http.ResponseWriter, r *http.Request) {
 // openH2 performs the backend handshake for an RFC 8441 request, answers
 // the client and starts the tunnel. It returns a nil tunnel if the request
 // was answered otherwise.
-func (p *Proxy) openH2(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, slot *admission) (*tunnel, *h2Conn) {
-	defer p.leave()
+func (p *Proxy) openH2(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, slot *admission) (tn *tunnel, client *h2Conn) {
+	defer func() {
+		if tn == nil {
+			p.leave() // a tunnel took the count over in register
+		}
+	}()
 
 	var aff affinity
 	up, err := p.connect(h2BackendView(r), &aff)
@@ -130,8 +134,8 @@ func (p *Proxy) openH2(w http.ResponseWriter, r *http.Request, rc *http.Response
 		p.notifyReject(r, fmt.Errorf("wsproxy: writing 200 to HTTP/2 client: %w", err))
 		return nil, nil
 	}
-	client := newH2Conn(w, r, rc)
-	tn := p.launch(r, client, nil, &up, slot, func(tn *tunnel) {
+	client = newH2Conn(w, r, rc)
+	tn = p.launch(r, client, nil, &up, slot, func(tn *tunnel) {
 		tn.endingLocked().done = make(chan struct{}) // the handler waits for the tunnel; not started yet, so no lock
 		client.closeTimeout = p.cfg.closeTimeout
 		client.awaitingClose = tn.owesCloseAnswer

@@ -133,7 +133,12 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		p.reject(w, r, ErrShuttingDown)
 		return
 	}
-	defer p.leave()
+	launched := false
+	defer func() {
+		if !launched {
+			p.leave() // a tunnel took the count over in register
+		}
+	}()
 
 	var aff affinity
 	up, err := p.connect(r, &aff)
@@ -147,7 +152,7 @@ func (p *Proxy) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	p.stick(r, &aff, up.t, up.resp.Header)
-	p.open(w, r, &up, &slot)
+	launched = p.open(w, r, &up, &slot)
 }
 
 // An upstream is the backend side of an upgrade on its way to a tunnel:
@@ -315,12 +320,12 @@ func (p *Proxy) attempt(ctx context.Context, r *http.Request, t *Target) (net.Co
 }
 
 // open hijacks the client connection, answers 101 and starts the tunnel.
-func (p *Proxy) open(w http.ResponseWriter, r *http.Request, up *upstream, slot *admission) {
+func (p *Proxy) open(w http.ResponseWriter, r *http.Request, up *upstream, slot *admission) (launched bool) {
 	client, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		up.release()
 		p.reject(w, r, fmt.Errorf("%w: %w", ErrNotHijackable, err))
-		return
+		return false
 	}
 	// The server's ReadTimeout and WriteTimeout must not cut the tunnel.
 	client.SetDeadline(time.Time{})
@@ -330,9 +335,10 @@ func (p *Proxy) open(w http.ResponseWriter, r *http.Request, up *upstream, slot 
 		up.release()
 		p.rejected.Add(1)
 		p.notifyReject(r, fmt.Errorf("wsproxy: writing 101 to client: %w", err))
-		return
+		return false
 	}
 	p.launch(r, client, clientBuf, up, slot, nil)
+	return true
 }
 
 // launch creates the tunnel of a completed handshake, which takes over the
@@ -485,12 +491,15 @@ func (p *Proxy) leave() {
 	p.checkDrainedLocked()
 }
 
-// register adds a tunnel to the registry and reports whether the proxy is
-// shutting down, in which case the caller closes it politely at once.
+// register adds a tunnel to the registry, where it takes over its
+// handshake's count (enter), so that Stats never counts it twice, and
+// reports whether the proxy is shutting down, in which case the caller
+// closes it politely at once. The handler then does not leave.
 func (p *Proxy) register(tn *tunnel) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.tunnels.add(tn)
+	p.inflight--
 	return p.state != running
 }
 
