@@ -144,12 +144,13 @@ func run(ctx context.Context, cfg config, res *net.Resolver, ln, metricsLn net.L
 	})
 	mux.Handle("/", handler) // no method pattern: HTTP/2 WebSockets are CONNECT requests
 	listeners := map[*http.Server]net.Listener{newServer(mux): ln}
+	log.Printf("listening on http://%s", ln.Addr())
 	if metrics != nil && metricsLn != nil {
 		listeners[newServer(metrics)] = metricsLn
+		log.Printf("metrics on http://%s/metrics", metricsLn.Addr())
 	}
 	errc := make(chan error, len(listeners))
 	for srv, ln := range listeners {
-		log.Printf("listening on http://%s", ln.Addr())
 		go func() { errc <- srv.Serve(ln) }()
 	}
 	select {
