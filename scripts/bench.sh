@@ -10,6 +10,8 @@
 #
 #   scripts/bench.sh            the tables: about 15 minutes with the defaults
 #   scripts/bench.sh profile    CPU and heap profiles of wsproxy under echo@50
+#                               and handshakes (CPU sorted by where it goes:
+#                               kernel, netpoller, scheduler, GC, wsproxy, ...)
 #                               and with IDLE_CONNS idle tunnels
 #
 # Settings (environment):
@@ -307,6 +309,10 @@ profile() {
     -profile "heap.pprof=$pp/heap?gc=1" -profile "heap.txt=$pp/heap?debug=1" -profile "goroutine.txt=$pp/goroutine?debug=1" \
     -profile "allocs.pprof=$pp/allocs"
   {
+    for phase in echo handshake; do
+      echo "== where the CPU goes, $phase (cmd/pprofsum: each sample to the first class its stack matches)"
+      go tool pprof -traces "$bin/wsproxy" "$PROFILE_DIR/cpu-$phase.pprof" 2>/dev/null | "$bin/pprofsum"
+    done
     echo "== CPU, echo@$ECHO_CONNS (flat)"
     go tool pprof -top -nodecount=30 "$bin/wsproxy" "$PROFILE_DIR/cpu-echo.pprof" 2>/dev/null
     echo "== CPU, echo@$ECHO_CONNS (cumulative)"
@@ -330,6 +336,11 @@ profile() {
   log "profiles in $PROFILE_DIR (go tool pprof -http=: $PROFILE_DIR/cpu-echo.pprof)"
 }
 
+mode=${1:-bench}
+case $mode in
+bench | profile) ;;
+*) sed -n '2,32p' "$0"; exit 2 ;;
+esac
 for t in "${!port[@]}"; do
   if is_open "${port[$t]}"; then log "port ${port[$t]} ($t) is in use: set PORT_BASE"; exit 1; fi
 done
@@ -337,8 +348,4 @@ if is_open "${pprof_addr##*:}"; then log "port ${pprof_addr##*:} is in use: set 
 log "building into $bin"
 build
 start_echo
-case ${1:-bench} in
-bench) bench ;;
-profile) profile ;;
-*) sed -n '2,30p' "$0"; exit 2 ;;
-esac
+"$mode"

@@ -170,11 +170,26 @@ func main() {
 		}
 		results = append(results, rs...)
 	}
+	md, charts, rounds := render(results)
+	fmt.Print(md)
+	if *mdPath != "" {
+		if err := os.WriteFile(*mdPath, []byte(md), 0o644); err != nil {
+			log.Fatal(err)
+		}
+	}
+	if *svgPath != "" {
+		if err := os.WriteFile(*svgPath, []byte(svg(charts, rounds)), 0o644); err != nil {
+			log.Fatal(err)
+		}
+	}
+}
 
+// render returns the markdown report of the results, the charts of the
+// figures marked for it and the number of rounds.
+func render(results []Result) (md string, charts []chart, rounds int) {
 	cells := make(map[[2]string]*cell) // figure title, target
 	conns := map[string]int{}
 	sessions := map[string]string{} // TLS target: its session
-	rounds := 0
 	for _, r := range results {
 		rounds = max(rounds, r.Round)
 		if r.TLS != "" {
@@ -327,33 +342,22 @@ func main() {
 		}
 	}
 
-	fmt.Print(b.String())
-	if *mdPath != "" {
-		if err := os.WriteFile(*mdPath, []byte(b.String()), 0o644); err != nil {
-			log.Fatal(err)
+	for _, f := range figures {
+		if !f.chart {
+			continue
 		}
-	}
-	if *svgPath != "" {
-		var charts []chart
-		for _, f := range figures {
-			if !f.chart {
-				continue
+		ch := chart{title: name(f), unit: strings.TrimSpace(f.unit), digits: f.digits, higher: f.higher}
+		for _, t := range targets {
+			v, ok := get(f, t.name)
+			label := strings.Trim(t.label, "*")
+			if strings.HasSuffix(t.name, tlsSuffix) {
+				label += " TLS"
 			}
-			ch := chart{title: name(f), unit: strings.TrimSpace(f.unit), digits: f.digits, higher: f.higher}
-			for _, t := range targets {
-				v, ok := get(f, t.name)
-				label := strings.Trim(t.label, "*")
-				if strings.HasSuffix(t.name, tlsSuffix) {
-					label += " TLS"
-				}
-				ch.bars = append(ch.bars, bar{label: label, value: v, ok: ok, mine: strings.HasPrefix(t.name, "wsproxy")})
-			}
-			charts = append(charts, ch)
+			ch.bars = append(ch.bars, bar{label: label, value: v, ok: ok, mine: strings.HasPrefix(t.name, "wsproxy")})
 		}
-		if err := os.WriteFile(*svgPath, []byte(svg(charts, rounds)), 0o644); err != nil {
-			log.Fatal(err)
-		}
+		charts = append(charts, ch)
 	}
+	return b.String(), charts, rounds
 }
 
 func readResults(path string) ([]Result, error) {

@@ -24,14 +24,20 @@ import (
 func main() {
 	dir := flag.String("dir", ".", "directory to write cert.pem, key.pem and cert+key.pem into")
 	flag.Parse()
+	if err := write(*dir); err != nil {
+		log.Fatal(err)
+	}
+}
 
+// write generates the key and certificate and writes the three files.
+func write(dir string) error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
 	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
 	now := time.Now()
 	tmpl := &x509.Certificate{
@@ -48,11 +54,11 @@ func main() {
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
 	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
 	if err != nil {
-		log.Fatal(err)
+		return err
 	}
 	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
@@ -61,8 +67,9 @@ func main() {
 		"key.pem":      keyPEM,
 		"cert+key.pem": append(append([]byte{}, certPEM...), keyPEM...),
 	} {
-		if err := os.WriteFile(filepath.Join(*dir, name), data, 0o600); err != nil {
-			log.Fatal(err)
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o600); err != nil {
+			return err
 		}
 	}
+	return nil
 }
