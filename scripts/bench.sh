@@ -25,6 +25,7 @@
 #   OUT=internal/loadtest/results        bench.md, bench.svg, results.jsonl
 #   REV=<commit>                         build the library at that commit instead of the work tree
 #   PROFILE_DIR=/tmp/wsproxy-profiles PROFILE_SECONDS=10   where and how long "profile" works
+#   PROFILE_TARGET=wsproxy               or wsproxy-tls: profile the TLS front
 #
 # The TLS fronts serve one self-signed ECDSA P-256 certificate that cmd/tlscert
 # writes into the run directory; the peers' TLS configs are the templates in
@@ -287,25 +288,27 @@ bench() {
 
 profile() {
   mkdir -p "$PROFILE_DIR"
+  local t=${PROFILE_TARGET:-wsproxy}
+  case $t in wsproxy | wsproxy-tls) ;; *) log "PROFILE_TARGET is wsproxy or wsproxy-tls"; exit 2 ;; esac
   results=$PROFILE_DIR/results.jsonl
   : >"$results"
-  TARGETS=wsproxy start_proxies -pprof "$pprof_addr"
+  TARGETS=$t start_proxies -pprof "$pprof_addr"
   local secs=${PROFILE_SECONDS:-10}
-  log "CPU profile of wsproxy under echo@$ECHO_CONNS for ${secs}s"
+  log "CPU profile of $t under echo@$ECHO_CONNS for ${secs}s"
   curl -s -o "$PROFILE_DIR/cpu-echo.pprof" "http://$pprof_addr/debug/pprof/profile?seconds=$secs" &
   local curl_pid=$!
-  load wsproxy 0 -mode echo -conns "$ECHO_CONNS" -duration "$((secs + 1))s" -warmup 0s -pid "${pid[wsproxy]}"
+  load "$t" 0 -mode echo -conns "$ECHO_CONNS" -duration "$((secs + 1))s" -warmup 0s -pid "${pid[$t]}"
   wait "$curl_pid"
   curl -s -o "$PROFILE_DIR/allocs-echo.pprof" "http://$pprof_addr/debug/pprof/allocs"
-  log "CPU profile of wsproxy under handshake load for ${secs}s"
+  log "CPU profile of $t under handshake load for ${secs}s"
   curl -s -o "$PROFILE_DIR/cpu-handshake.pprof" "http://$pprof_addr/debug/pprof/profile?seconds=$secs" &
   curl_pid=$!
-  load wsproxy 0 -mode handshake -duration "$((secs + 1))s" -warmup 0s -pid "${pid[wsproxy]}"
+  load "$t" 0 -mode handshake -duration "$((secs + 1))s" -warmup 0s -pid "${pid[$t]}"
   wait "$curl_pid"
-  TARGETS=wsproxy start_proxies -pprof "$pprof_addr"
-  log "heap profile of wsproxy with $IDLE_CONNS idle tunnels"
+  TARGETS=$t start_proxies -pprof "$pprof_addr"
+  log "heap profile of $t with $IDLE_CONNS idle tunnels"
   local pp=http://$pprof_addr/debug/pprof
-  load wsproxy 0 -mode idle -conns "$IDLE_CONNS" -settle "$SETTLE" -pid "${pid[wsproxy]}" -profile-dir "$PROFILE_DIR" \
+  load "$t" 0 -mode idle -conns "$IDLE_CONNS" -settle "$SETTLE" -pid "${pid[$t]}" -profile-dir "$PROFILE_DIR" \
     -profile "heap.pprof=$pp/heap?gc=1" -profile "heap.txt=$pp/heap?debug=1" -profile "goroutine.txt=$pp/goroutine?debug=1" \
     -profile "allocs.pprof=$pp/allocs"
   {
@@ -339,7 +342,7 @@ profile() {
 mode=${1:-bench}
 case $mode in
 bench | profile) ;;
-*) sed -n '2,32p' "$0"; exit 2 ;;
+*) sed -n '2,33p' "$0"; exit 2 ;;
 esac
 for t in "${!port[@]}"; do
   if is_open "${port[$t]}"; then log "port ${port[$t]} ($t) is in use: set PORT_BASE"; exit 1; fi
