@@ -349,6 +349,9 @@ func render(results []Result) (md string, charts []chart, rounds int) {
 		ch := chart{title: name(f), unit: strings.TrimSpace(f.unit), digits: f.digits, higher: f.higher}
 		for _, t := range targets {
 			v, ok := get(f, t.name)
+			if !ok && t.name == "direct" {
+				continue // a proxy's CPU and memory: no direct bar
+			}
 			label := strings.Trim(t.label, "*")
 			if strings.HasSuffix(t.name, tlsSuffix) {
 				label += " TLS"
