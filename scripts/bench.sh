@@ -259,6 +259,8 @@ rotate() { # the targets, starting at the round's offset, so none is always firs
 }
 
 bench() {
+  local load_start
+  load_start=$(cut -d' ' -f1-3 /proc/loadavg)
   mkdir -p "$OUT"
   results=$OUT/results.jsonl
   : >"$results"
@@ -280,9 +282,10 @@ bench() {
     done
   done
   "$bin/report" -md "$OUT/bench.md" -svg "$OUT/bench.svg" "$results"
-  printf '\nBuilt from %s, run %s on %s cores, ROUNDS=%s DURATION=%s WARMUP=%s.\n' \
+  printf '\nBuilt from %s, run %s on %s cores, ROUNDS=%s DURATION=%s WARMUP=%s IDLE_CONNS=%s; load average (1, 5, 15 min) %s at the start, %s at the end.\n' \
     "${REV:-$(git rev-parse --short HEAD)$(git diff --quiet HEAD -- '*.go' 2>/dev/null || echo ' with uncommitted changes')}" \
-    "$(date -u '+%F %H:%M UTC')" "$(nproc)" "$ROUNDS" "$DURATION" "$WARMUP" | tee -a "$OUT/bench.md"
+    "$(date -u '+%F %H:%M UTC')" "$(nproc)" "$ROUNDS" "$DURATION" "$WARMUP" "$IDLE_CONNS" \
+    "$load_start" "$(cut -d' ' -f1-3 /proc/loadavg)" | tee -a "$OUT/bench.md"
   log "wrote $OUT/bench.md, $OUT/bench.svg and $results"
 }
 
