@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/textproto"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -226,9 +227,9 @@ func stripCookie(h http.Header, name string) {
 		changed = true
 		var keep []string
 		for part := range strings.SplitSeq(line, ";") {
-			k, _, _ := strings.Cut(strings.TrimSpace(part), "=")
-			if k != name && strings.TrimSpace(part) != "" {
-				keep = append(keep, strings.TrimSpace(part))
+			k, _, _ := strings.Cut(part, "=")
+			if textproto.TrimString(k) != name && textproto.TrimString(part) != "" {
+				keep = append(keep, textproto.TrimString(part))
 			}
 		}
 		if len(keep) > 0 {

@@ -307,7 +307,10 @@ func (f hashOptionFunc) applyHash(h *consistentHash) { f(h) }
 // and keep fewer keys in place; 1 allows no target above its share.
 // Keys that spill no longer reach the same target on every replica, and a
 // client may move between its page loads; for session affinity keep the
-// bound off (AffinityStats.Spilled counts the keys it moved).
+// bound off (AffinityStats.Spilled counts the keys it moved). The bound is
+// checked on every request, so with long-polling libraries (Socket.IO,
+// SockJS, SignalR) it can move a session's polling request to another
+// target mid-session.
 // Default: 0, no bound (as HAProxy's hash-balance-factor and nginx's hash).
 // Other values below 1 make New fail.
 func WithLoadFactor(f float64) HashOption {
@@ -491,9 +494,9 @@ func findCookie(line, name string) (string, bool) {
 	for line != "" {
 		var part string
 		part, line, _ = strings.Cut(line, ";")
-		part = strings.TrimSpace(part)
-		k, v, ok := strings.Cut(part, "=")
-		if ok && k == name {
+		part = textproto.TrimString(part)
+		k, v, _ := strings.Cut(part, "=")
+		if textproto.TrimString(k) == name { // as net/http reads "a = b" and a bare "a"
 			if len(v) >= 2 && v[0] == '"' && v[len(v)-1] == '"' {
 				v = v[1 : len(v)-1]
 			}

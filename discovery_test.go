@@ -6,7 +6,6 @@ import (
 	"errors"
 	"log/slog"
 	"net"
-	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -14,128 +13,11 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/net/dns/dnsmessage"
 
+	"github.com/wsproxy/wsproxy/internal/dnstest"
 	"github.com/wsproxy/wsproxy/internal/wsframe"
 	"github.com/wsproxy/wsproxy/internal/wstest"
 )
-
-// fakeDNS is a tiny authoritative DNS server on loopback UDP: A, AAAA and
-// SRV records set by the test, NXDOMAIN for other names, SERVFAIL for
-// everything while fail is set.
-type fakeDNS struct {
-	conn net.PacketConn
-	done chan struct{}
-
-	mu   sync.Mutex
-	addr map[string][]netip.Addr
-	srv  map[string][]net.SRV
-	fail bool
-}
-
-func newFakeDNS(t *testing.T) *fakeDNS {
-	t.Helper()
-	conn, err := net.ListenPacket("udp", "127.0.0.1:0")
-	require.NoError(t, err)
-	f := &fakeDNS{conn: conn, done: make(chan struct{}), addr: map[string][]netip.Addr{}, srv: map[string][]net.SRV{}}
-	go f.serve()
-	t.Cleanup(func() {
-		conn.Close()
-		<-f.done
-	})
-	return f
-}
-
-// resolver returns a pure-Go resolver that asks only this server.
-func (f *fakeDNS) resolver() *net.Resolver {
-	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "udp", f.conn.LocalAddr().String())
-	}}
-}
-
-func (f *fakeDNS) setAddrs(name string, addrs ...string) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.addr[name] = nil
-	for _, a := range addrs {
-		f.addr[name] = append(f.addr[name], netip.MustParseAddr(a))
-	}
-}
-
-func (f *fakeDNS) setSRV(name string, recs ...net.SRV) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.srv[name] = recs
-}
-
-func (f *fakeDNS) setFail(fail bool) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.fail = fail
-}
-
-func (f *fakeDNS) serve() {
-	defer close(f.done)
-	buf := make([]byte, 1500)
-	for {
-		n, peer, err := f.conn.ReadFrom(buf)
-		if err != nil {
-			return
-		}
-		if msg, err := f.answer(buf[:n]); err == nil {
-			f.conn.WriteTo(msg, peer)
-		}
-	}
-}
-
-func (f *fakeDNS) answer(query []byte) ([]byte, error) {
-	var p dnsmessage.Parser
-	h, err := p.Start(query)
-	if err != nil {
-		return nil, err
-	}
-	q, err := p.Question()
-	if err != nil {
-		return nil, err
-	}
-	name := strings.ToLower(q.Name.String())
-
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	addrs, hasAddr := f.addr[name]
-	srvs, hasSRV := f.srv[name]
-	rcode := dnsmessage.RCodeSuccess
-	switch {
-	case f.fail:
-		rcode = dnsmessage.RCodeServerFailure
-	case !hasAddr && !hasSRV:
-		rcode = dnsmessage.RCodeNameError
-	}
-	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: h.ID, Response: true, Authoritative: true, RecursionDesired: h.RecursionDesired, RCode: rcode})
-	b.StartQuestions()
-	b.Question(q)
-	b.StartAnswers()
-	rh := dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 1}
-	if rcode == dnsmessage.RCodeSuccess {
-		switch q.Type {
-		case dnsmessage.TypeA, dnsmessage.TypeAAAA:
-			for _, a := range addrs {
-				switch {
-				case a.Is4() && q.Type == dnsmessage.TypeA:
-					b.AResource(rh, dnsmessage.AResource{A: a.As4()})
-				case a.Is6() && q.Type == dnsmessage.TypeAAAA:
-					b.AAAAResource(rh, dnsmessage.AAAAResource{AAAA: a.As16()})
-				}
-			}
-		case dnsmessage.TypeSRV:
-			for _, s := range srvs {
-				b.SRVResource(rh, dnsmessage.SRVResource{Priority: s.Priority, Weight: s.Weight, Port: s.Port, Target: dnsmessage.MustNewName(s.Target)})
-			}
-		}
-	}
-	return b.Finish()
-}
 
 // syncBuffer is a log destination safe for concurrent writes.
 type syncBuffer struct {
@@ -177,27 +59,27 @@ func TestDNSDiscovery(t *testing.T) {
 	t.Parallel()
 	echo := newEcho(t)
 	port := portOf(t, echo)
-	dns := newFakeDNS(t)
-	dns.setAddrs("backends.test.", "127.0.0.1")
+	dns := dnstest.New(t)
+	dns.SetAddrs("backends.test.", "127.0.0.1")
 	var logs syncBuffer
 	p, url := newProxy(t, nil,
-		WithDiscovery(DNSResolver(dns.resolver(), "ws://backends.test:"+port+"/ws weight=2"), 10*time.Millisecond),
+		WithDiscovery(DNSResolver(dns.Resolver(), "ws://backends.test:"+port+"/ws weight=2"), 10*time.Millisecond),
 		WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 
 	one := "ws://127.0.0.1:" + port + "/ws weight=2"
 	assert.Equal(t, []string{one}, liveTargets(p), "New resolved the first set")
 	echoOnce(t, url)
 
-	dns.setAddrs("backends.test.", "127.0.0.2", "::1", "127.0.0.1")
+	dns.SetAddrs("backends.test.", "127.0.0.2", "::1", "127.0.0.1")
 	want := []string{one, "ws://127.0.0.2:" + port + "/ws weight=2", "ws://[::1]:" + port + "/ws weight=2"}
 	require.EventuallyWithT(t, func(c *assert.CollectT) { assert.Equal(c, want, liveTargets(p)) }, 5*time.Second, 5*time.Millisecond)
 
-	dns.setFail(true)
+	dns.SetFail(true)
 	require.Eventually(t, func() bool { return strings.Contains(logs.String(), "discovery failed") }, 5*time.Second, 5*time.Millisecond)
 	assert.Equal(t, want, liveTargets(p), "a failed lookup keeps the last good set")
 
-	dns.setFail(false)
-	dns.setAddrs("backends.test.", "127.0.0.2")
+	dns.SetFail(false)
+	dns.SetAddrs("backends.test.", "127.0.0.2")
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		assert.Equal(c, []string{"ws://127.0.0.2:" + port + "/ws weight=2"}, liveTargets(p))
 	}, 5*time.Second, 5*time.Millisecond)
@@ -209,14 +91,14 @@ func TestDNSDiscovery(t *testing.T) {
 func TestSRVDiscovery(t *testing.T) {
 	t.Parallel()
 	a, b := newEcho(t), newEcho(t)
-	dns := newFakeDNS(t)
-	dns.setSRV("_ws._tcp.svc.test.",
+	dns := dnstest.New(t)
+	dns.SetSRV("_ws._tcp.svc.test.",
 		net.SRV{Target: "b1.test.", Port: uint16(mustAtoi(t, portOf(t, a))), Priority: 10, Weight: 3},
 		net.SRV{Target: "b2.test.", Port: uint16(mustAtoi(t, portOf(t, b))), Priority: 20, Weight: 0})
-	dns.setAddrs("b1.test.", "127.0.0.1")
-	dns.setAddrs("b2.test.", "127.0.0.1")
+	dns.SetAddrs("b1.test.", "127.0.0.1")
+	dns.SetAddrs("b2.test.", "127.0.0.1")
 
-	r := SRVResolver(dns.resolver(), "ws://_ws._tcp.svc.test/chat max_conns=100")
+	r := SRVResolver(dns.Resolver(), "ws://_ws._tcp.svc.test/chat max_conns=100")
 	got, err := r.Resolve(context.Background())
 	require.NoError(t, err)
 	assert.ElementsMatch(t, []string{
@@ -228,9 +110,9 @@ func TestSRVDiscovery(t *testing.T) {
 	echoOnce(t, url)
 	assert.Equal(t, int64(1), targetStats(p, a+"/chat max_conns=100 weight=3").Total)
 
-	_, err = SRVResolver(dns.resolver(), "ws://_ws._tcp.svc.test weight=2").Resolve(context.Background())
+	_, err = SRVResolver(dns.Resolver(), "ws://_ws._tcp.svc.test weight=2").Resolve(context.Background())
 	assert.ErrorIs(t, err, ErrBadTarget)
-	_, err = New(nil, WithDiscovery(SRVResolver(dns.resolver(), "ws://_none._tcp.svc.test"), time.Hour))
+	_, err = New(nil, WithDiscovery(SRVResolver(dns.Resolver(), "ws://_none._tcp.svc.test"), time.Hour))
 	assert.ErrorIs(t, err, ErrNoTargets, "New fails when the first lookup fails")
 }
 

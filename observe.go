@@ -8,7 +8,7 @@ import (
 // Hooks are called as tunnels open and close and as requests are refused,
 // in the spirit of net/http/httptrace: plain functions, any of them nil.
 // They run on the proxy's goroutines and should return quickly; they are
-// the place to feed metrics (see examples/metrics) or audit logs.
+// the place to feed metrics (see examples/metrics/wsprom) or audit logs.
 type Hooks struct {
 	// OnUpgrade is called once the backend accepted the upgrade and the
 	// client got its 101, before the first byte is tunnelled.

@@ -412,7 +412,7 @@ func WithErrorHandler(fn func(w http.ResponseWriter, r *http.Request, err error)
 // kind of warning is rate-limited: the first is logged, then at most one
 // every 10s with a "suppressed" count of those left out. Keys are stable:
 // target, remote_addr, path, duration, bytes_in, bytes_out, err, reason,
-// status, suppressed.
+// detail, status, suppressed.
 // Default: slog.Default() at the time New is called.
 func WithLogger(l *slog.Logger) Option {
 	return optionFunc(func(c *config) {

@@ -1,7 +1,6 @@
 package wsproxy_test
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log"
@@ -9,7 +8,6 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -18,6 +16,7 @@ import (
 	"golang.org/x/net/websocket"
 
 	"github.com/wsproxy/wsproxy"
+	"github.com/wsproxy/wsproxy/internal/snippet"
 )
 
 // TestReadmeWholeSite runs the README's "Proxying a whole site" code as
@@ -82,9 +81,9 @@ func TestReadmeWholeSite(t *testing.T) {
 	require.NoError(t, err)
 	self, err := os.ReadFile("wholesite_test.go")
 	require.NoError(t, err)
-	snippet := between(t, string(readme), "<!-- whole site: wholesite_test.go -->\n```go\n", "```")
-	code := between(t, string(self), "// README: whole site\n", "\t// end README")
-	assert.Equal(t, snippet, dedent(code), "README.md's whole-site snippet differs from the tested code")
+	shown := snippet.Between(t, string(readme), "<!-- whole site: wholesite_test.go -->\n```go\n", "```")
+	code := snippet.Between(t, string(self), "// README: whole site\n", "\t// end README")
+	assert.Equal(t, shown, snippet.Dedent(code, 1), "README.md's whole-site snippet differs from the tested code")
 }
 
 // serveSite serves a page and a WebSocket greeting that name addr.
@@ -111,22 +110,4 @@ func serveSite(t *testing.T, addr string) {
 		srv.Shutdown(ctx)
 		srv.Close()
 	})
-}
-
-func between(t *testing.T, s, start, end string) string {
-	t.Helper()
-	_, rest, ok := strings.Cut(s, start)
-	require.True(t, ok, "marker %q not found", start)
-	body, _, ok := strings.Cut(rest, end)
-	require.True(t, ok, "end %q not found", end)
-	return body
-}
-
-// dedent removes one leading tab from every line.
-func dedent(s string) string {
-	var b bytes.Buffer
-	for line := range strings.SplitAfterSeq(s, "\n") {
-		b.WriteString(strings.TrimPrefix(line, "\t"))
-	}
-	return b.String()
 }

@@ -29,6 +29,7 @@ targets=(
   ". FuzzFrameTracker"
   ". FuzzOriginPattern"
   ". FuzzInConnection"
+  ". FuzzStripCookie"
 )
 
 fail=0

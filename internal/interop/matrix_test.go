@@ -90,14 +90,21 @@ func TestMain(m *testing.M) {
 	}
 	// go test shows this only with -v or on failure; scripts/test.sh sets
 	// WSPROXY_INTEROP_REPORT and prints the file.
-	printMatrix(os.Stdout)
+	printReport(os.Stdout)
 	if path := os.Getenv("WSPROXY_INTEROP_REPORT"); path != "" {
 		if f, err := os.Create(path); err == nil {
-			printMatrix(f)
+			printReport(f)
 			f.Close()
 		}
 	}
 	os.Exit(code)
+}
+
+// printReport writes the interop matrix and the Socket.IO table, those of
+// them that tests filled.
+func printReport(w io.Writer) {
+	printMatrix(w)
+	printSIO(w)
 }
 
 func printMatrix(w io.Writer) {
@@ -346,22 +353,28 @@ func runNodeClient(t *testing.T, ctx context.Context, env pairEnv) ([]result, er
 	if err := need(nodeDeps()...); err != nil {
 		return nil, err
 	}
-	opts, err := json.Marshal(jsOpts(env))
+	var rs []result
+	return rs, runNodeScript(ctx, "client.mjs", jsOpts(env), &rs)
+}
+
+// runNodeScript runs node/script with opts as its JSON argument and decodes
+// the JSON it prints into out.
+func runNodeScript(ctx context.Context, script string, opts, out any) error {
+	arg, err := json.Marshal(opts)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	cmd := exec.CommandContext(ctx, "node", filepath.Join(nodeDir, "client.mjs"), string(opts))
+	cmd := exec.CommandContext(ctx, "node", filepath.Join(nodeDir, script), string(arg))
 	cmd.Stderr = os.Stderr
 	cmd.WaitDelay = time.Second
-	out, err := cmd.Output()
+	b, err := cmd.Output()
 	if err != nil {
-		return nil, fmt.Errorf("node client: %w (output %q)", err, out)
+		return fmt.Errorf("%s: %w (output %q)", script, err, b)
 	}
-	var rs []result
-	if err := json.Unmarshal(out, &rs); err != nil {
-		return nil, fmt.Errorf("node client output %q: %w", out, err)
+	if err := json.Unmarshal(b, out); err != nil {
+		return fmt.Errorf("%s output %q: %w", script, b, err)
 	}
-	return rs, nil
+	return nil
 }
 
 // browser is a running browser.mjs: one Chromium for the whole test binary.

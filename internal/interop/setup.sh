@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the interop and browser tests need, when it is missing:
-# Debian's chromium and python3-websockets, and the Node packages in node/.
+# Debian's chromium and python3-websockets, and the Node packages in node/
+# (ws, playwright-core, socket.io, socket.io-client).
 # Safe to run again; needs root (or sudo) only when something is missing.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -20,8 +21,12 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 # npm ci is exact and fast when node_modules already matches the lock file.
-if [ ! -d node/node_modules/ws ] || [ ! -d node/node_modules/playwright-core ] ||
-   [ node/package-lock.json -nt node/node_modules/.package-lock.json ]; then
+npm_ci=false
+for pkg in ws playwright-core socket.io socket.io-client; do
+  [ -f "node/node_modules/$pkg/package.json" ] || npm_ci=true
+done
+[ node/package-lock.json -nt node/node_modules/.package-lock.json ] && npm_ci=true
+if $npm_ci; then
   echo "setup: npm ci in node/"
   (cd node && npm ci --no-audit --no-fund --loglevel=error)
 fi

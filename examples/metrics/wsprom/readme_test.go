@@ -2,7 +2,6 @@ package wsprom_test
 
 import (
 	"bufio"
-	"bytes"
 	"io"
 	"log"
 	"net/http"
@@ -20,10 +19,11 @@ import (
 
 	"github.com/wsproxy/wsproxy"
 	"github.com/wsproxy/wsproxy/examples/metrics/wsprom"
+	"github.com/wsproxy/wsproxy/internal/snippet"
 )
 
-// TestReadme runs the README's code as written, checks that the README
-// still shows exactly this code, and that its metrics table lists every
+// TestReadme runs the README's code as written, checks that this README
+// and the library's (section Metrics) still show exactly this code, and that its metrics table lists every
 // metric the Collector exports, with its type and labels, and no other.
 func TestReadme(t *testing.T) {
 	backend := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -75,9 +75,13 @@ func TestReadme(t *testing.T) {
 	require.NoError(t, err)
 	self, err := os.ReadFile("readme_test.go")
 	require.NoError(t, err)
-	snippet := between(t, string(readme), "<!-- collector: readme_test.go -->\n```go\n", "```")
-	code := between(t, string(self), "// README: collector\n", "\t// end README")
-	assert.Equal(t, snippet, dedent(code), "README.md's snippet differs from the tested code")
+	shown := snippet.Between(t, string(readme), "<!-- collector: readme_test.go -->\n```go\n", "```")
+	code := snippet.Between(t, string(self), "// README: collector\n", "\t// end README")
+	assert.Equal(t, shown, snippet.Dedent(code, 1), "README.md's snippet differs from the tested code")
+	root, err := os.ReadFile("../../../README.md")
+	require.NoError(t, err)
+	assert.Equal(t, shown, snippet.Between(t, string(root), "<!-- metrics: examples/metrics/wsprom/readme_test.go -->\n```go\n", "```"),
+		"the library README's Metrics snippet differs from the tested code")
 
 	want := readmeTable(t, string(readme))
 	got := exported(t, c)
@@ -92,7 +96,7 @@ func TestReadme(t *testing.T) {
 // readmeTable reads the Metrics table: name -> "type labels".
 func readmeTable(t *testing.T, readme string) map[string]string {
 	t.Helper()
-	table := between(t, readme, "| metric | type | labels | meaning |\n|---|---|---|---|\n", "\n\n")
+	table := snippet.Between(t, readme, "| metric | type | labels | meaning |\n|---|---|---|---|\n", "\n\n")
 	rows := map[string]string{}
 	sc := bufio.NewScanner(strings.NewReader(table))
 	for sc.Scan() {
@@ -134,22 +138,4 @@ func exported(t *testing.T, c prometheus.Collector) map[string]string {
 		out[m[1]] = typ + " " + strings.ReplaceAll(m[2], ",", " ")
 	}
 	return out
-}
-
-func between(t *testing.T, s, start, end string) string {
-	t.Helper()
-	_, rest, ok := strings.Cut(s, start)
-	require.True(t, ok, "marker %q not found", start)
-	body, _, ok := strings.Cut(rest, end)
-	require.True(t, ok, "end %q not found", end)
-	return body
-}
-
-// dedent removes one leading tab from every line.
-func dedent(s string) string {
-	var b bytes.Buffer
-	for line := range strings.SplitAfterSeq(s, "\n") {
-		b.WriteString(strings.TrimPrefix(line, "\t"))
-	}
-	return b.String()
 }

@@ -29,7 +29,10 @@
 //	wsproxy_http_requests_active    gauge    target             HTTP requests in flight (WithHTTP)
 //	wsproxy_http_requests_total     counter  target             HTTP requests the target answered
 //	wsproxy_http_failures_total     counter  target             HTTP tries whose connection to the target failed
+//	wsproxy_upgrades_refused_total       counter  target        upgrades the target answered with a status other than 101
+//	wsproxy_upgrades_not_endpoint_total  counter  target        of those, the 2xx, 3xx and 404: the wrong path?
 //	wsproxy_affinity_total          counter  result             sticky cookie and hash key outcomes (Stats.Affinity)
+//	wsproxy_max_tunnels_reached_total    counter                upgrades refused with 503 at the WithMaxTunnels cap
 //
 // direction is "client_to_backend" or "backend_to_client"; result is
 // "kept", "assigned", "unknown", "down", "full", "failed" or "spilled".
@@ -96,6 +99,7 @@ type Collector struct {
 
 	open, total, failures, bytes, messages, healthy, draining *prometheus.Desc
 	httpActive, httpRequests, httpFailures, affinity          *prometheus.Desc
+	refused, notEndpoint, tunnelCap                           *prometheus.Desc
 
 	duration   *prometheus.HistogramVec
 	closed     *prometheus.CounterVec
@@ -136,6 +140,9 @@ func New(opts Options) *Collector {
 		httpRequests: desc("wsproxy_http_requests_total", "HTTP requests the target answered (WithHTTP).", "target"),
 		httpFailures: desc("wsproxy_http_failures_total", "HTTP tries whose connection to the target failed (WithHTTP).", "target"),
 		affinity:     desc("wsproxy_affinity_total", "Requests with a sticky cookie or a hash key, by what became of their affinity.", "result"),
+		refused:      desc("wsproxy_upgrades_refused_total", "Upgrades the target answered with a status other than 101.", "target"),
+		notEndpoint:  desc("wsproxy_upgrades_not_endpoint_total", "Upgrades the target answered with a 2xx, 3xx or 404: no WebSocket endpoint at that path.", "target"),
+		tunnelCap:    desc("wsproxy_max_tunnels_reached_total", "Upgrades refused with 503 because the WithMaxTunnels cap was reached."),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:        "wsproxy_tunnel_duration_seconds",
 			Help:        "How long tunnels lived.",
@@ -295,7 +302,7 @@ func RejectReason(err error) string {
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.open, c.total, c.failures, c.bytes, c.messages, c.healthy, c.draining,
-		c.httpActive, c.httpRequests, c.httpFailures, c.affinity} {
+		c.httpActive, c.httpRequests, c.httpFailures, c.affinity, c.refused, c.notEndpoint, c.tunnelCap} {
 		ch <- d
 	}
 	for _, v := range c.vecs() {
@@ -318,6 +325,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			c.collectTarget(ch, t)
 		}
 		c.collectAffinity(ch, s.Affinity)
+		ch <- prometheus.MustNewConstMetric(c.tunnelCap, prometheus.CounterValue, float64(s.MaxTunnelsReached))
 		c.forgetGone(present)
 	}
 	for _, v := range c.vecs() {
@@ -353,6 +361,8 @@ func (c *Collector) collectTarget(ch chan<- prometheus.Metric, t wsproxy.TargetS
 	metric(c.httpActive, prometheus.GaugeValue, float64(t.HTTPActive))
 	metric(c.httpRequests, prometheus.CounterValue, float64(t.HTTPRequests))
 	metric(c.httpFailures, prometheus.CounterValue, float64(t.HTTPFailures))
+	metric(c.refused, prometheus.CounterValue, float64(t.Refused))
+	metric(c.notEndpoint, prometheus.CounterValue, float64(t.NotEndpoint))
 }
 
 // forgetGone drops the hook series of targets that two scrapes in a row did

@@ -380,3 +380,28 @@ func TestHTTPMetrics(t *testing.T) {
 	assert.Equal(t, 1.0, m[`wsproxy_http_responses_total{code="502",method="GET",target="none"}`])
 	assert.Equal(t, 1.0, m[`wsproxy_rejects_total{reason="backend_request",status="502"}`])
 }
+
+// TestRefusedUpgrades: a target answering upgrades with 404 (a wrong path)
+// and the global tunnel cap, each in its own counter.
+func TestRefusedUpgrades(t *testing.T) {
+	notFound := httptest.NewServer(http.NotFoundHandler())
+	t.Cleanup(notFound.Close)
+	f := newFixture(t, wsproxy.WithMaxTunnels(1))
+	require.NoError(t, f.p.SetTargets([]string{f.target, "ws://" + notFound.Listener.Addr().String()}))
+	c, err := f.dial(t) // round robin: the echo backend, the only tunnel the cap allows
+	require.NoError(t, err)
+	_, err = f.dial(t)
+	require.Error(t, err, "over the cap")
+	c.Close()
+	require.Eventually(t, func() bool { return f.p.Stats().Open == 0 }, 5*time.Second, 5*time.Millisecond)
+	_, err = f.dial(t)
+	require.Error(t, err, "the 404 target's turn")
+
+	m := f.scrape(t)
+	nf := fmt.Sprintf("target=%q", "ws://"+notFound.Listener.Addr().String())
+	assert.Equal(t, 1.0, m["wsproxy_max_tunnels_reached_total{}"])
+	assert.Equal(t, 1.0, m[`wsproxy_rejects_total{reason="too_many_tunnels",status="503"}`])
+	assert.Equal(t, 1.0, m["wsproxy_upgrades_refused_total{"+nf+"}"])
+	assert.Equal(t, 1.0, m["wsproxy_upgrades_not_endpoint_total{"+nf+"}"])
+	assert.Equal(t, 1.0, m[`wsproxy_rejects_total{reason="backend_refused",status="404"}`])
+}
