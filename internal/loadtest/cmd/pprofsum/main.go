@@ -1,7 +1,7 @@
 // Command pprofsum sorts the samples of a CPU profile into where the time
 // goes for a proxy: the kernel by system call (read, write, splice, ...),
 // the netpoller, the scheduler (futex wake-ups and sleeps, spinning, the
-// rest of findRunnable), GC, allocation, wsproxy's own code and the
+// rest of findRunnable), GC, goroutine stacks, allocation, wsproxy's own code and the
 // standard library. It reads the text of `go tool pprof -traces`, so it
 // needs no profile parser:
 //
@@ -125,6 +125,8 @@ func classify(frames []string) string {
 		return "kernel: " + syscallName(frames)
 	case has("runtime.gcBgMarkWorker", "runtime.gcDrain", "runtime.bgsweep", "runtime.bgscavenge", "runtime.gcAssistAlloc"):
 		return "GC"
+	case has("runtime.newstack", "runtime.newproc", "runtime.goexit0"):
+		return "goroutines: stack growth, creation, exit"
 	case has("runtime.mallocgc"):
 		return "allocation (mallocgc)"
 	case has("runtime.schedule", "runtime.findRunnable", "runtime.park_m", "runtime.gopark", "runtime.goready", "runtime.ready", "runtime.wakep",

@@ -11,7 +11,8 @@ import (
 
 // traces is `go tool pprof -traces` output as Go 1.26 writes it, cut down:
 // a write made by wsproxy's pump, a futex wake-up from inside it, a
-// scheduler's epoll_wait, wsproxy's own code and a frame of assembly.
+// scheduler's epoll_wait, wsproxy's own code, a frame of assembly, the
+// standard library and a goroutine's stack growing.
 const traces = `File: wsproxy
 Type: cpu
 Duration: 4s, Total samples = 1.53s (38.25%)
@@ -41,12 +42,17 @@ Duration: 4s, Total samples = 1.53s (38.25%)
 -----------+-------------------------------------------------------
       10ms   context.WithDeadlineCause
 -----------+-------------------------------------------------------
+      30ms   runtime.memmove
+             runtime.copystack
+             runtime.newstack
+             runtime.morestack
+-----------+-------------------------------------------------------
 `
 
 func TestParseAndClassify(t *testing.T) {
 	samples, err := parse(strings.NewReader(traces))
 	require.NoError(t, err)
-	require.Len(t, samples, 6, "the closing separator opens no sample")
+	require.Len(t, samples, 7, "the closing separator opens no sample")
 	assert.Equal(t, 840*time.Millisecond, samples[0].value)
 	assert.Equal(t, 1500*time.Millisecond, samples[2].value)
 	var got []string
@@ -60,6 +66,7 @@ func TestParseAndClassify(t *testing.T) {
 		"wsproxy code (flat)",
 		"runtime: other (memmove, hashing, ...; assembly)",
 		"Go standard library: other (sync, time, strings, maps, ...)",
+		"goroutines: stack growth, creation, exit",
 	}, got)
 }
 
