@@ -332,7 +332,7 @@ func render(results []Result) (md string, charts []chart, rounds int) {
 			continue
 		}
 		for _, t := range targets {
-			if c := cells[[2]string{f.title, t.name}]; c != nil {
+			if c := cells[[2]string{f.title, t.name}]; c != nil && len(c.values) > 0 {
 				var vs []string
 				for _, v := range c.values {
 					vs = append(vs, thousands(v, f.digits))
