@@ -15,12 +15,20 @@
 //	           processes in -pid before and after, then checks that every
 //	           connection still echoes: KB per tunnel
 //
+// A wss:// URL speaks TLS to the target: -ca names the PEM certificate to
+// trust (cmd/tlscert's cert.pem). Every connection makes a full TLS 1.3
+// handshake (no session resumption) with X25519, the one key exchange every
+// peer offers, so all TLS fronts do the same work per handshake.
+//
 // Example:
 //
 //	load -mode echo -conns 50 -url ws://127.0.0.1:9201/ -target wsproxy
+//	load -mode handshake -url wss://127.0.0.1:9211/ -ca cert.pem -target wsproxy-tls
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -50,6 +58,7 @@ type Result struct {
 	Seconds  float64 `json:"seconds,omitempty"`
 	Errors   int64   `json:"errors"`
 	FirstErr string  `json:"first_err,omitempty"`
+	TLS      string  `json:"tls,omitempty"` // wss: version, cipher suite and key exchange of one connection
 
 	MsgsPerSec       float64 `json:"msgs_per_sec,omitempty"`
 	P50us            float64 `json:"p50_us,omitempty"`
@@ -86,6 +95,7 @@ type config struct {
 	settle   time.Duration
 	pids     string
 	pidList  []int
+	tls      *tls.Config // wss: trusts -ca
 	// idle: URLs fetched while the connections are open (pprof endpoints),
 	// after opening them and after one echo each, into profileDir
 	profiles   profileFlag
@@ -114,6 +124,7 @@ func main() {
 	flag.StringVar(&cfg.pids, "pid", "", "comma-separated pids of the proxy: idle sums their memory, other modes their CPU time")
 	flag.Var(&cfg.profiles, "profile", "idle: name=URL fetched into -profile-dir/open-name and echoed-name (repeatable)")
 	flag.StringVar(&cfg.profileDir, "profile-dir", ".", "idle: where -profile answers go")
+	caFile := flag.String("ca", "", "wss: PEM certificate to trust instead of the system's roots")
 	flag.Parse()
 
 	defaults := map[string][2]int{"echo": {50, 128}, "latency": {1, 128}, "bulk": {4, 64 << 10}, "handshake": {8, 0}, "idle": {5000, 128}}
@@ -130,6 +141,10 @@ func main() {
 	}
 	res := Result{Mode: *mode, Target: *target, Round: *round, Conns: cfg.conns, Size: cfg.size}
 	var err error
+	if cfg.tls, err = clientTLS(*caFile); err != nil {
+		fmt.Fprintln(os.Stderr, "load:", err)
+		os.Exit(2)
+	}
 	if cfg.pids != "" {
 		cfg.pidList, err = parsePids(cfg.pids)
 		if err != nil {
@@ -183,16 +198,46 @@ func (e *errs) fill(r *Result) {
 	e.mu.Unlock()
 }
 
+// clientTLS returns the TLS settings of every wss connection: the roots
+// in caFile (the system's when empty), TLS 1.3, X25519 and no session
+// cache, so that every handshake is a full one.
+func clientTLS(caFile string) (*tls.Config, error) {
+	conf := &tls.Config{MinVersion: tls.VersionTLS13, CurvePreferences: []tls.CurveID{tls.X25519}}
+	if caFile == "" {
+		return conf, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, err
+	}
+	conf.RootCAs = x509.NewCertPool()
+	if !conf.RootCAs.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s: no PEM certificate", caFile)
+	}
+	return conf, nil
+}
+
 // dialer returns a client whose write buffer holds a whole message of
 // size bytes, so every message leaves as one frame.
-func dialer(size int) *websocket.Dialer {
+func dialer(cfg config, size int) *websocket.Dialer {
 	buf := max(size, 1024)
 	return &websocket.Dialer{
 		HandshakeTimeout: 10 * time.Second,
 		ReadBufferSize:   buf,
 		WriteBufferSize:  buf,
 		NetDialContext:   (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+		TLSClientConfig:  cfg.tls,
 	}
+}
+
+// tlsInfo describes the TLS session of c, or returns "" for plain ws.
+func tlsInfo(c *websocket.Conn) string {
+	tc, ok := c.NetConn().(*tls.Conn)
+	if !ok {
+		return ""
+	}
+	st := tc.ConnectionState()
+	return fmt.Sprintf("%s %s %s", tls.VersionName(st.Version), tls.CipherSuiteName(st.CipherSuite), st.CurveID)
 }
 
 func dial(d *websocket.Dialer, url string) (*websocket.Conn, error) {
@@ -308,10 +353,11 @@ func perUnit(cpu float64, n int64, scale float64) float64 {
 }
 
 func runEcho(cfg config, res *Result) error {
-	conns, err := openAll(dialer(cfg.size), cfg.url, cfg.conns, 16)
+	conns, err := openAll(dialer(cfg, cfg.size), cfg.url, cfg.conns, 16)
 	if err != nil {
 		return err
 	}
+	res.TLS = tlsInfo(conns[0])
 	var count atomic.Int64
 	var stop atomic.Bool
 	var e errs
@@ -355,7 +401,7 @@ func closeAll(conns []*websocket.Conn, e *errs) {
 }
 
 func runLatency(cfg config, res *Result) error {
-	c, err := dial(dialer(cfg.size), cfg.url)
+	c, err := dial(dialer(cfg, cfg.size), cfg.url)
 	if err != nil {
 		return err
 	}
@@ -399,7 +445,7 @@ func runLatency(cfg config, res *Result) error {
 }
 
 func runBulk(cfg config, res *Result) error {
-	conns, err := openAll(dialer(cfg.size), cfg.url, cfg.conns, 16)
+	conns, err := openAll(dialer(cfg, cfg.size), cfg.url, cfg.conns, 16)
 	if err != nil {
 		return err
 	}
@@ -467,7 +513,7 @@ func runBulk(cfg config, res *Result) error {
 }
 
 func runHandshake(cfg config, res *Result) error {
-	d := dialer(0)
+	d := dialer(cfg, 0)
 	var count atomic.Int64
 	var stop atomic.Bool
 	var e errs
@@ -504,7 +550,7 @@ func runIdle(cfg config, res *Result) error {
 	if len(pids) == 0 {
 		return fmt.Errorf("idle: -pid is required")
 	}
-	d := dialer(cfg.size)
+	d := dialer(cfg, cfg.size)
 	// Warm the target up so that one-time costs are not charged to tunnels.
 	warm, err := openAll(d, cfg.url, 8, 8)
 	if err != nil {

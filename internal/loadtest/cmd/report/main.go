@@ -1,6 +1,7 @@
 // Command report reads the JSON lines written by cmd/load, takes the median
-// of each figure over the rounds, and writes a markdown table with the
-// goals of issue 5 checked, and an SVG bar chart.
+// of each figure over the rounds, and writes markdown tables (plaintext and
+// TLS fronts) with the goals of issue 15 checked as ratios to the best peer,
+// and an SVG bar chart.
 //
 //	report -md bench.md -svg bench.svg results.jsonl
 package main
@@ -26,6 +27,7 @@ type Result struct {
 	Conns            int     `json:"conns"`
 	Errors           int64   `json:"errors"`
 	FirstErr         string  `json:"first_err"`
+	TLS              string  `json:"tls"`
 	MsgsPerSec       float64 `json:"msgs_per_sec"`
 	P50us            float64 `json:"p50_us"`
 	P90us            float64 `json:"p90_us"`
@@ -42,16 +44,34 @@ type Result struct {
 	Echoed           int     `json:"echoed"`
 }
 
-// targets in table order: the names cmd/load was given, and their labels.
-var targets = []struct{ name, label string }{
-	{"direct", "direct"},
-	{"wsproxy", "**wsproxy**"},
-	{"nginx", "nginx"},
-	{"haproxy", "HAProxy"},
-	{"caddy", "Caddy"},
-	{"rproxy", "httputil.ReverseProxy"},
+type target struct{ name, label string }
+
+// The two tables, targets in column order: the names cmd/load was given
+// and their labels. A TLS front's name is the plaintext one with tlsSuffix.
+var (
+	plainTargets = []target{
+		{"direct", "direct"},
+		{"wsproxy", "**wsproxy**"},
+		{"nginx", "nginx"},
+		{"haproxy", "HAProxy"},
+		{"caddy", "Caddy"},
+		{"rproxy", "httputil.ReverseProxy"},
+	}
+	tlsTargets = withTLS(plainTargets[1:])
+	targets    = append(slices.Clone(plainTargets), tlsTargets...)
+)
+
+const tlsSuffix = "-tls"
+
+func withTLS(ts []target) []target {
+	var out []target
+	for _, t := range ts {
+		out = append(out, target{t.name + tlsSuffix, t.label})
+	}
+	return out
 }
 
+// peers are what wsproxy is compared with; the best of them sets each goal.
 var peers = []string{"nginx", "haproxy", "caddy", "rproxy"}
 
 // A figure is one row: which mode it comes from and which number.
@@ -65,20 +85,52 @@ type figure struct {
 	chart  bool
 }
 
-var figures = []figure{
-	{"echo, N conns, 128 B, msgs/s", "echo", "", 0, func(r Result) float64 { return r.MsgsPerSec }, true, true},
-	{"echo, 1 conn, 128 B, p50 round trip", "latency", " µs", 0, func(r Result) float64 { return r.P50us }, false, true},
-	{"echo, 1 conn, 128 B, p90 round trip", "latency", " µs", 0, func(r Result) float64 { return r.P90us }, false, false},
-	{"echo, 1 conn, 128 B, p99 round trip", "latency", " µs", 0, func(r Result) float64 { return r.P99us }, false, false},
-	{"bulk, 4 conns, 64 KiB frames both ways, MB/s", "bulk", "", 0, func(r Result) float64 { return r.MBps }, true, true},
-	{"handshakes/s (8 workers, open+close)", "handshake", "", 0, func(r Result) float64 { return r.HandshakesPerSec }, true, true},
-	{"proxy memory per idle tunnel (N open), RSS", "idle", " KB", 1, func(r Result) float64 { return r.KBPerTunnel }, false, true},
-	{"proxy memory per idle tunnel (N open), Pss", "idle", " KB", 1, func(r Result) float64 { return r.PssKBPerTunnel }, false, false},
-	{"proxy memory per tunnel after one echo each, RSS", "idle", " KB", 1, func(r Result) float64 { return r.EchoKBPerTunnel }, false, false},
-	{"proxy CPU per round trip, echo N conns", "echo", " µs", 1, func(r Result) float64 { return r.CPUusPerMsg }, false, false},
-	{"proxy CPU per round trip, echo 1 conn", "latency", " µs", 1, func(r Result) float64 { return r.CPUusPerMsg }, false, false},
-	{"proxy CPU per MB received, bulk", "bulk", " ms", 2, func(r Result) float64 { return r.CPUmsPerMB }, false, false},
-	{"proxy CPU per handshake", "handshake", " µs", 0, func(r Result) float64 { return r.CPUusPerHS }, false, false},
+// The figures of issue 15 (CPU per unit of work, memory per idle tunnel)
+// come first and are charted; the rates follow.
+var (
+	cpuEcho    = figure{"proxy CPU per round trip, echo N conns", "echo", " µs", 1, func(r Result) float64 { return r.CPUusPerMsg }, false, true}
+	cpuLatency = figure{"proxy CPU per round trip, echo 1 conn", "latency", " µs", 1, func(r Result) float64 { return r.CPUusPerMsg }, false, true}
+	cpuBulk    = figure{"proxy CPU per MB received, bulk", "bulk", " ms", 2, func(r Result) float64 { return r.CPUmsPerMB }, false, true}
+	cpuHS      = figure{"proxy CPU per handshake", "handshake", " µs", 0, func(r Result) float64 { return r.CPUusPerHS }, false, true}
+	idleRSS    = figure{"proxy memory per idle tunnel (N open), RSS", "idle", " KB", 1, func(r Result) float64 { return r.KBPerTunnel }, false, true}
+	echoRate   = figure{"echo, N conns, 128 B, msgs/s", "echo", "", 0, func(r Result) float64 { return r.MsgsPerSec }, true, false}
+	bulkRate   = figure{"bulk, 4 conns, 64 KiB frames both ways, MB/s", "bulk", "", 0, func(r Result) float64 { return r.MBps }, true, true}
+	hsRate     = figure{"handshakes/s (8 workers, open+close)", "handshake", "", 0, func(r Result) float64 { return r.HandshakesPerSec }, true, false}
+
+	figures = []figure{
+		cpuEcho, cpuLatency, cpuBulk, cpuHS, idleRSS,
+		{"proxy memory per idle tunnel (N open), Pss", "idle", " KB", 1, func(r Result) float64 { return r.PssKBPerTunnel }, false, false},
+		{"proxy memory per tunnel after one echo each, RSS", "idle", " KB", 1, func(r Result) float64 { return r.EchoKBPerTunnel }, false, false},
+		echoRate,
+		{"echo, 1 conn, 128 B, p50 round trip", "latency", " µs", 0, func(r Result) float64 { return r.P50us }, false, false},
+		{"echo, 1 conn, 128 B, p90 round trip", "latency", " µs", 0, func(r Result) float64 { return r.P90us }, false, false},
+		{"echo, 1 conn, 128 B, p99 round trip", "latency", " µs", 0, func(r Result) float64 { return r.P99us }, false, false},
+		bulkRate, hsRate,
+	}
+)
+
+// A goal of issue 15 compares wsproxy's median for one figure with the
+// best peer's (or one named peer's), as a ratio or in the figure's unit.
+type goal struct {
+	name  string
+	fig   figure
+	tls   bool    // the TLS fronts' figure
+	vs    string  // compare with this peer only; "" is the best of peers
+	limit float64 // a ratio, or with abs a value in the figure's unit
+	abs   bool
+}
+
+var goals = []goal{
+	{"CPU per echo round trip, N conns", cpuEcho, false, "", 0.8, false},
+	{"CPU per echo round trip, 1 conn", cpuLatency, false, "", 1.0, false},
+	{"CPU per handshake, vs nginx", cpuHS, false, "nginx", 1.2, false},
+	{"idle tunnel, N open, RSS, every tunnel echoing after", idleRSS, false, "", 1.5, true},
+	{"bulk, CPU per MB", cpuBulk, false, "", 0.8, false},
+	{"bulk, MB/s", bulkRate, false, "", 1.1, false},
+	{"TLS: idle tunnel, N open, RSS, every tunnel echoing after", idleRSS, true, "", 0.8, false},
+	{"TLS: CPU per echo round trip, N conns", cpuEcho, true, "", 0.8, false},
+	{"TLS: CPU per echo round trip, 1 conn", cpuLatency, true, "", 0.8, false},
+	{"TLS: CPU per handshake", cpuHS, true, "", 1.1, false},
 }
 
 // cell is one figure for one target over all rounds.
@@ -118,12 +170,31 @@ func main() {
 		}
 		results = append(results, rs...)
 	}
+	md, charts, rounds := render(results)
+	fmt.Print(md)
+	if *mdPath != "" {
+		if err := os.WriteFile(*mdPath, []byte(md), 0o644); err != nil {
+			log.Fatal(err)
+		}
+	}
+	if *svgPath != "" {
+		if err := os.WriteFile(*svgPath, []byte(svg(charts, rounds)), 0o644); err != nil {
+			log.Fatal(err)
+		}
+	}
+}
 
+// render returns the markdown report of the results, the charts of the
+// figures marked for it and the number of rounds.
+func render(results []Result) (md string, charts []chart, rounds int) {
 	cells := make(map[[2]string]*cell) // figure title, target
 	conns := map[string]int{}
-	rounds := 0
+	sessions := map[string]string{} // TLS target: its session
 	for _, r := range results {
 		rounds = max(rounds, r.Round)
+		if r.TLS != "" {
+			sessions[r.Target] = r.TLS
+		}
 		if r.Conns > conns[r.Mode] {
 			conns[r.Mode] = r.Conns
 		}
@@ -150,94 +221,118 @@ func main() {
 		}
 	}
 	get := func(f figure, target string) (float64, bool) { return cells[[2]string{f.title, target}].median() }
-	name := func(f figure) string {
-		s := strings.ReplaceAll(f.title, "N conns", fmt.Sprintf("%d conns", conns["echo"]))
+	expand := func(s string) string {
+		s = strings.ReplaceAll(s, "N conns", fmt.Sprintf("%d conns", conns["echo"]))
 		return strings.ReplaceAll(s, "N open", fmt.Sprintf("%s open", thousands(float64(conns["idle"]), 0)))
 	}
+	name := func(f figure) string { return expand(f.title) }
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "Medians of %d interleaved rounds; 1 MB = 10^6 bytes, 1 KB = 1024 bytes. "+
 		"A value marked † had errors in some round (listed below). "+
-		"Proxy CPU is the user+system time of the proxy's processes over the measured window, "+
-		"counted in 10 ms ticks: less disturbed by a busy machine than the rates.\n\n", rounds)
-	b.WriteString("| figure |")
-	for _, t := range targets {
-		fmt.Fprintf(&b, " %s |", t.label)
-	}
-	b.WriteString("\n|---|")
-	for range targets {
-		b.WriteString("---:|")
-	}
-	b.WriteString("\n")
-	var problems []string
-	for _, f := range figures {
-		fmt.Fprintf(&b, "| %s |", name(f))
-		for _, t := range targets {
-			c := cells[[2]string{f.title, t.name}]
-			v, ok := c.median()
-			if !ok {
-				b.WriteString(" - |")
+		"Proxy CPU is the user+system time of all the proxy's processes (/proc/PID/stat) over the measured window, "+
+		"counted in 10 ms ticks, divided by the work done in it: less disturbed by a busy machine than the rates.\n\n", rounds)
+
+	b.WriteString("Goals of issue 15: wsproxy's median against the best peer's (the best of nginx, HAProxy, Caddy " +
+		"and httputil.ReverseProxy for that row, TLS rows against the TLS peers).\n\n" +
+		"| goal | wsproxy | best peer | ratio | goal | met |\n|---|---:|---:|---:|---:|:---:|\n")
+	for _, g := range goals {
+		suffix := ""
+		if g.tls {
+			suffix = tlsSuffix
+		}
+		f := g.fig
+		cellOf := func(t string) *cell { return cells[[2]string{f.title, t + suffix}] }
+		value := func(v float64) string { return thousands(v, f.digits) + f.unit }
+		ws, okWs := cellOf("wsproxy").median()
+		best, bestName, okBest := 0.0, "", false
+		for _, p := range peers {
+			if g.vs != "" && p != g.vs {
 				continue
 			}
-			mark := ""
-			if c.errors > 0 || c.bad {
-				mark = "†"
-				problems = append(problems, fmt.Sprintf("- %s, %s: %d errors, all echoing: %v, first: %s", name(f), t.name, c.errors, !c.bad, c.err))
+			if v, ok := cellOf(p).median(); ok && (!okBest || f.higher && v > best || !f.higher && v < best) {
+				best, bestName, okBest = v, p, true
 			}
-			fmt.Fprintf(&b, " %s%s%s |", thousands(v, f.digits), f.unit, mark)
 		}
-		b.WriteString("\n")
-	}
-	if len(problems) > 0 {
-		b.WriteString("\n" + strings.Join(slices.Compact(problems), "\n") + "\n")
-	}
-
-	b.WriteString("\n| goal | measured | target | met |\n|---|---:|---:|:---:|\n")
-	goal := func(name string, got float64, ok bool, want string, met bool, format string) {
-		if !ok {
-			fmt.Fprintf(&b, "| %s | - | %s | ? |\n", name, want)
-			return
+		want, met := "", false
+		ratio := ws / best
+		cmp, got := "≤", ratio
+		if f.higher {
+			cmp = "≥"
 		}
-		yes := "no"
+		if g.abs {
+			want, got = fmt.Sprintf("%s %s", cmp, value(g.limit)), ws
+		} else {
+			want = fmt.Sprintf("%s %.1fx", cmp, g.limit)
+		}
+		met = f.higher && got >= g.limit || !f.higher && got <= g.limit
+		wsCell := value(ws)
+		if c := cellOf("wsproxy"); c != nil && (c.bad || c.errors > 0) {
+			wsCell += "†"
+			met = false // an idle figure counts only when every tunnel still echoed
+		}
+		if !okWs || !okBest {
+			fmt.Fprintf(&b, "| %s | - | - | - | %s | ? |\n", expand(g.name), want)
+			continue
+		}
+		yes := "**no**"
 		if met {
 			yes = "yes"
 		}
-		fmt.Fprintf(&b, "| %s | "+format+" | %s | %s |\n", name, got, want, yes)
+		fmt.Fprintf(&b, "| %s | %s | %s %s | %.2fx | %s | %s |\n", expand(g.name), wsCell, bestName, value(best), ratio, want, yes)
 	}
-	echo, lat, bulk, hs, idle := figures[0], figures[1], figures[4], figures[5], figures[6]
-	ws, okWs := get(echo, "wsproxy")
-	best, bestName, okBest := 0.0, "", false
-	for _, p := range peers {
-		if v, ok := get(echo, p); ok && v > best {
-			best, bestName, okBest = v, p, true
+
+	var problems []string
+	table := func(title string, ts []target) {
+		fmt.Fprintf(&b, "\n%s\n\n| figure |", title)
+		for _, t := range ts {
+			fmt.Fprintf(&b, " %s |", t.label)
+		}
+		b.WriteString("\n|---|")
+		for range ts {
+			b.WriteString("---:|")
+		}
+		b.WriteString("\n")
+		for _, f := range figures {
+			fmt.Fprintf(&b, "| %s |", name(f))
+			for _, t := range ts {
+				c := cells[[2]string{f.title, t.name}]
+				v, ok := c.median()
+				if !ok {
+					b.WriteString(" - |")
+					continue
+				}
+				mark := ""
+				if c.errors > 0 || c.bad {
+					mark = "†"
+					problems = append(problems, fmt.Sprintf("- %s, %s: %d errors, all echoing: %v, first: %s", name(f), t.name, c.errors, !c.bad, c.err))
+				}
+				fmt.Fprintf(&b, " %s%s%s |", thousands(v, f.digits), f.unit, mark)
+			}
+			b.WriteString("\n")
 		}
 	}
-	dir, okDir := get(echo, "direct")
-	goal(fmt.Sprintf("echo@%d vs best peer (%s)", conns["echo"], bestName), ws/best, okWs && okBest, "≥ 1.15x", ws/best >= 1.15, "%.2fx")
-	goal(fmt.Sprintf("echo@%d vs direct", conns["echo"]), ws/dir, okWs && okDir, "≥ 0.85x", ws/dir >= 0.85, "%.2fx")
-	wl, ok1 := get(lat, "wsproxy")
-	dl, ok2 := get(lat, "direct")
-	nl, ok3 := get(lat, "nginx")
-	added := (wl - dl) / (nl - dl)
-	goal(fmt.Sprintf("echo@1 added p50 vs nginx's (%.0f µs vs %.0f µs)", wl-dl, nl-dl), added, ok1 && ok2 && ok3, "≤ 0.6x", added <= 0.6, "%.2fx")
-	wb, ok1 := get(bulk, "wsproxy")
-	db, ok2 := get(bulk, "direct")
-	goal("bulk vs direct", wb/db, ok1 && ok2, "≥ 0.9x", wb/db >= 0.9, "%.2fx")
-	wh, ok1 := get(hs, "wsproxy")
-	nh, ok2 := get(hs, "nginx")
-	goal("handshakes/s vs nginx", wh/nh, ok1 && ok2, "≥ 1.3x", wh/nh >= 1.3, "%.2fx")
-	wi, ok1 := get(idle, "wsproxy")
-	allEcho := ok1 && !cells[[2]string{idle.title, "wsproxy"}].bad
-	goal(fmt.Sprintf("KB per idle tunnel, %s open, all echoing: %v", thousands(float64(conns["idle"]), 0), allEcho),
-		wi, ok1, "≤ 4 KB", wi <= 4 && allEcho, "%.1f KB")
+	table("Plaintext in front (ws://):", plainTargets)
+	table("TLS in front (wss://, plain backend), one self-signed ECDSA P-256 certificate for all:", tlsTargets)
+	if len(problems) > 0 {
+		b.WriteString("\n" + strings.Join(slices.Compact(problems), "\n") + "\n")
+	}
+	if len(sessions) > 0 {
+		b.WriteString("\nTLS sessions as the load tool saw them (echo runs):\n\n")
+		for _, t := range tlsTargets {
+			if s, ok := sessions[t.name]; ok {
+				fmt.Fprintf(&b, "- %s: %s\n", t.name, s)
+			}
+		}
+	}
 
 	b.WriteString("\nEvery round, in order:\n\n| figure | target | values |\n|---|---|---|\n")
 	for _, f := range figures {
-		if !f.chart {
+		if !f.chart && f.mode != "echo" && f.mode != "handshake" {
 			continue
 		}
 		for _, t := range targets {
-			if c := cells[[2]string{f.title, t.name}]; c != nil {
+			if c := cells[[2]string{f.title, t.name}]; c != nil && len(c.values) > 0 {
 				var vs []string
 				for _, v := range c.values {
 					vs = append(vs, thousands(v, f.digits))
@@ -247,29 +342,25 @@ func main() {
 		}
 	}
 
-	fmt.Print(b.String())
-	if *mdPath != "" {
-		if err := os.WriteFile(*mdPath, []byte(b.String()), 0o644); err != nil {
-			log.Fatal(err)
+	for _, f := range figures {
+		if !f.chart {
+			continue
 		}
-	}
-	if *svgPath != "" {
-		var charts []chart
-		for _, f := range figures {
-			if !f.chart {
-				continue
+		ch := chart{title: name(f), unit: strings.TrimSpace(f.unit), digits: f.digits, higher: f.higher}
+		for _, t := range targets {
+			v, ok := get(f, t.name)
+			if !ok && t.name == "direct" {
+				continue // a proxy's CPU and memory: no direct bar
 			}
-			ch := chart{title: name(f), unit: strings.TrimSpace(f.unit), digits: f.digits, higher: f.higher}
-			for _, t := range targets {
-				v, ok := get(f, t.name)
-				ch.bars = append(ch.bars, bar{label: strings.Trim(t.label, "*"), value: v, ok: ok, mine: t.name == "wsproxy"})
+			label := strings.Trim(t.label, "*")
+			if strings.HasSuffix(t.name, tlsSuffix) {
+				label += " TLS"
 			}
-			charts = append(charts, ch)
+			ch.bars = append(ch.bars, bar{label: label, value: v, ok: ok, mine: strings.HasPrefix(t.name, "wsproxy")})
 		}
-		if err := os.WriteFile(*svgPath, []byte(svg(charts, rounds)), 0o644); err != nil {
-			log.Fatal(err)
-		}
+		charts = append(charts, ch)
 	}
+	return b.String(), charts, rounds
 }
 
 func readResults(path string) ([]Result, error) {

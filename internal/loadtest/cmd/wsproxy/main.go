@@ -2,10 +2,12 @@
 // measure its memory by pid.
 //
 //	wsproxy -listen 127.0.0.1:9201 -target ws://127.0.0.1:9200 [-pprof 127.0.0.1:9206]
+//	        [-tls-cert cert.pem -tls-key key.pem]   TLS in front (Server.ServeTLS), plain backend
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -29,6 +31,8 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:9201", "address to listen on")
 	target := flag.String("target", "ws://127.0.0.1:9200", "backend URL")
 	pprofAddr := flag.String("pprof", "", "serve net/http/pprof on this address (empty: off)")
+	certFile := flag.String("tls-cert", "", "serve TLS with this certificate (PEM); needs -tls-key")
+	keyFile := flag.String("tls-key", "", "the certificate's private key (PEM)")
 	memRate := flag.Int("memprofilerate", 0, "set runtime.MemProfileRate (0: Go's default); 1 records every allocation, for exact heap profiles")
 	flag.Parse()
 	if *memRate > 0 {
@@ -50,7 +54,7 @@ func main() {
 	}
 	srv := &http.Server{Handler: p, ReadHeaderTimeout: 10 * time.Second, ErrorLog: log.New(io.Discard, "", 0)}
 	go func() {
-		if err := srv.Serve(ln); err != http.ErrServerClosed {
+		if err := serve(srv, ln, *certFile, *keyFile); err != http.ErrServerClosed {
 			log.Fatal(err)
 		}
 	}()
@@ -61,6 +65,17 @@ func main() {
 	defer cancel()
 	p.Shutdown(sctx) // first: the server would wait for HTTP/2 tunnels
 	srv.Shutdown(sctx)
+}
+
+// serve serves plain HTTP, or TLS when a certificate is given.
+func serve(srv *http.Server, ln net.Listener, certFile, keyFile string) error {
+	if certFile == "" && keyFile == "" {
+		return srv.Serve(ln)
+	}
+	if certFile == "" || keyFile == "" {
+		return errors.New("-tls-cert and -tls-key go together")
+	}
+	return srv.ServeTLS(ln, certFile, keyFile)
 }
 
 // memClasses writes every /memory/classes/ metric of runtime/metrics, one
