@@ -13,7 +13,6 @@ import (
 	"net/http/httptest"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -182,37 +181,6 @@ func (f *h2Fixture) nextClose(t *testing.T) CloseInfo {
 		require.FailNow(t, "no OnClose")
 	}
 	return CloseInfo{}
-}
-
-func echoMessage(t *testing.T, c *wstest.Conn, op byte, payload []byte) {
-	t.Helper()
-	require.NoError(t, c.WriteMessage(op, payload))
-	gotOp, got, err := c.ReadMessage()
-	require.NoError(t, err)
-	assert.Equal(t, op, gotOp)
-	assert.True(t, bytes.Equal(payload, got), "echoed payload differs (%d bytes sent, %d back)", len(payload), len(got))
-}
-
-// recordingEcho is an echo backend that keeps the upgrade requests it saw.
-type recordingEcho struct {
-	mu   sync.Mutex
-	reqs []*http.Request
-}
-
-func (b *recordingEcho) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	b.mu.Lock()
-	b.reqs = append(b.reqs, r.Clone(context.Background()))
-	b.mu.Unlock()
-	wstest.EchoHandler().ServeHTTP(w, r)
-}
-
-func (b *recordingEcho) last() *http.Request {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if len(b.reqs) == 0 {
-		return nil
-	}
-	return b.reqs[len(b.reqs)-1]
 }
 
 func TestH2Echo(t *testing.T) {

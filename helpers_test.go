@@ -2,16 +2,21 @@ package wsproxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"errors"
+	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/wsproxy/wsproxy/internal/leakcheck"
@@ -165,4 +170,155 @@ func closesQueued(p *Proxy) bool {
 		}
 	}
 	return p.state != running
+}
+
+// upgradedBackend is a backend that completes the handshake, runs script
+// (if any), then hands the connection to rest.
+func upgradedBackend(t *testing.T, script, rest func(c *wstest.Conn)) string {
+	t.Helper()
+	return newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := wstest.Upgrade(w, r, nil)
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		if script != nil {
+			script(c)
+		}
+		rest(c)
+	}))
+}
+
+// closeRecorder is a backend that runs script on each connection and then
+// reports how the connection ended: the close code it received, or -1.
+func closeRecorder(t *testing.T, script func(c *wstest.Conn)) (string, chan int) {
+	t.Helper()
+	codes := make(chan int, 512)
+	url := upgradedBackend(t, script, func(c *wstest.Conn) {
+		for {
+			_, _, err := c.ReadMessage()
+			var ce *wstest.CloseError
+			if errors.As(err, &ce) {
+				codes <- ce.Code
+				return
+			}
+			if err != nil {
+				codes <- -1
+				return
+			}
+		}
+	})
+	return url, codes
+}
+
+// scriptedSilentBackend is a backend that completes the handshake, runs
+// script, then only reads (and discards) until the connection ends: it
+// never answers a ping or a close frame.
+func scriptedSilentBackend(t *testing.T, script func(c *wstest.Conn)) string {
+	t.Helper()
+	return upgradedBackend(t, script, func(c *wstest.Conn) { io.Copy(io.Discard, c.Conn) })
+}
+
+// readClose reads until a close frame or an error; it returns the close
+// code, or -1 when the connection ended without one.
+func readClose(c *wstest.Conn) int {
+	for {
+		_, _, err := c.ReadMessage()
+		var ce *wstest.CloseError
+		if errors.As(err, &ce) {
+			return ce.Code
+		}
+		if err != nil {
+			return -1
+		}
+	}
+}
+
+// closeInfoHook returns an option that sends every CloseInfo to the channel.
+func closeInfoHook() (Option, chan CloseInfo) {
+	ch := make(chan CloseInfo, 512)
+	return WithHooks(Hooks{OnClose: func(ci CloseInfo) { ch <- ci }}), ch
+}
+
+// recorder is a keep-alive HTTP backend that records every request it
+// reads, so a test can prove a request never reached it.
+type recorder struct {
+	mu   sync.Mutex
+	reqs []*http.Request
+}
+
+func (rec *recorder) seen() []*http.Request {
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	return append([]*http.Request(nil), rec.reqs...)
+}
+
+// paths returns the request paths the backend saw.
+func (rec *recorder) paths() []string {
+	var out []string
+	for _, r := range rec.seen() {
+		out = append(out, r.URL.Path)
+	}
+	return out
+}
+
+// newRecorder starts a backend that records each request, then serves it
+// with h.
+func newRecorder(t *testing.T, h http.Handler) (string, *recorder) {
+	t.Helper()
+	rec := &recorder{}
+	url := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rec.mu.Lock()
+		rec.reqs = append(rec.reqs, r)
+		rec.mu.Unlock()
+		h.ServeHTTP(w, r)
+	}))
+	return url, rec
+}
+
+// upgradeBackend starts a backend that accepts the upgrade and hands the
+// connection, with a 5s deadline, to script.
+func upgradeBackend(t *testing.T, script func(c *wstest.Conn)) string {
+	t.Helper()
+	return upgradedBackend(t, func(c *wstest.Conn) { c.SetDeadline(time.Now().Add(5 * time.Second)) }, script)
+}
+
+// statusHandler answers every request with status and a short body.
+func statusHandler(status int) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, "backend says no", status)
+	})
+}
+
+// echoMessage sends one message through c and checks that the echo came
+// back unchanged.
+func echoMessage(t *testing.T, c *wstest.Conn, op byte, payload []byte) {
+	t.Helper()
+	require.NoError(t, c.WriteMessage(op, payload))
+	gotOp, got, err := c.ReadMessage()
+	require.NoError(t, err)
+	assert.Equal(t, op, gotOp)
+	assert.True(t, bytes.Equal(payload, got), "echoed payload differs (%d bytes sent, %d back)", len(payload), len(got))
+}
+
+// recordingEcho is an echo backend that keeps the upgrade requests it saw.
+type recordingEcho struct {
+	mu   sync.Mutex
+	reqs []*http.Request
+}
+
+func (b *recordingEcho) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	b.mu.Lock()
+	b.reqs = append(b.reqs, r.Clone(context.Background()))
+	b.mu.Unlock()
+	wstest.EchoHandler().ServeHTTP(w, r)
+}
+
+func (b *recordingEcho) last() *http.Request {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.reqs) == 0 {
+		return nil
+	}
+	return b.reqs[len(b.reqs)-1]
 }

@@ -2,7 +2,6 @@ package wsproxy
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -19,70 +18,6 @@ import (
 	"github.com/wsproxy/wsproxy/internal/wsframe"
 	"github.com/wsproxy/wsproxy/internal/wstest"
 )
-
-// upgradedBackend is a backend that completes the handshake, runs script
-// (if any), then hands the connection to rest.
-func upgradedBackend(t *testing.T, script, rest func(c *wstest.Conn)) string {
-	return newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := wstest.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		if script != nil {
-			script(c)
-		}
-		rest(c)
-	}))
-}
-
-// closeRecorder is a backend that runs script on each connection and then
-// reports how the connection ended: the close code it received, or -1.
-func closeRecorder(t *testing.T, script func(c *wstest.Conn)) (string, chan int) {
-	codes := make(chan int, 512)
-	url := upgradedBackend(t, script, func(c *wstest.Conn) {
-		for {
-			_, _, err := c.ReadMessage()
-			var ce *wstest.CloseError
-			if errors.As(err, &ce) {
-				codes <- ce.Code
-				return
-			}
-			if err != nil {
-				codes <- -1
-				return
-			}
-		}
-	})
-	return url, codes
-}
-
-// scriptedSilentBackend is a backend that completes the handshake, runs
-// script, then only reads (and discards) until the connection ends: it
-// never answers a ping or a close frame.
-func scriptedSilentBackend(t *testing.T, script func(c *wstest.Conn)) string {
-	return upgradedBackend(t, script, func(c *wstest.Conn) { io.Copy(io.Discard, c.Conn) })
-}
-
-// readClose reads until a close frame or an error; it returns the close
-// code, or -1 when the connection ended without one.
-func readClose(c *wstest.Conn) int {
-	for {
-		_, _, err := c.ReadMessage()
-		var ce *wstest.CloseError
-		if errors.As(err, &ce) {
-			return ce.Code
-		}
-		if err != nil {
-			return -1
-		}
-	}
-}
-
-func closeInfoHook() (Option, chan CloseInfo) {
-	ch := make(chan CloseInfo, 512)
-	return WithHooks(Hooks{OnClose: func(ci CloseInfo) { ch <- ci }}), ch
-}
 
 func TestIdleTimeout(t *testing.T) {
 	t.Parallel()

@@ -7,7 +7,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -17,64 +16,6 @@ import (
 	"github.com/wsproxy/wsproxy/internal/wsframe"
 	"github.com/wsproxy/wsproxy/internal/wstest"
 )
-
-// recorder is a keep-alive HTTP backend that records every request it
-// reads, so a test can prove a request never reached it.
-type recorder struct {
-	mu   sync.Mutex
-	reqs []*http.Request
-}
-
-func (rec *recorder) seen() []*http.Request {
-	rec.mu.Lock()
-	defer rec.mu.Unlock()
-	return append([]*http.Request(nil), rec.reqs...)
-}
-
-// paths returns the request paths the backend saw.
-func (rec *recorder) paths() []string {
-	var out []string
-	for _, r := range rec.seen() {
-		out = append(out, r.URL.Path)
-	}
-	return out
-}
-
-// newRecorder starts a backend that records each request, then serves it
-// with h.
-func newRecorder(t *testing.T, h http.Handler) (string, *recorder) {
-	t.Helper()
-	rec := &recorder{}
-	url := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		rec.mu.Lock()
-		rec.reqs = append(rec.reqs, r)
-		rec.mu.Unlock()
-		h.ServeHTTP(w, r)
-	}))
-	return url, rec
-}
-
-// upgradeBackend starts a backend that accepts the upgrade and hands the
-// connection, with a 5s deadline, to script.
-func upgradeBackend(t *testing.T, script func(c *wstest.Conn)) string {
-	t.Helper()
-	return newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := wstest.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		script(c)
-	}))
-}
-
-// statusHandler answers every request with status and a short body.
-func statusHandler(status int) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		http.Error(w, "backend says no", status)
-	})
-}
 
 // TestSecurityRefusedUpgradeIsNoTunnel: WebSocket smuggling. The client
 // asks for an upgrade the backend refuses (403, 426, 200, or a 101 without
