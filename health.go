@@ -90,6 +90,12 @@ func WithPassiveHealth(maxFails int, window, cooldown time.Duration) Option {
 	})
 }
 
+// lastTry reports whether try, of a request whose first try began at start,
+// may be followed by no other (WithRetry).
+func (lb *lbConfig) lastTry(try int, start time.Time) bool {
+	return try >= lb.tries || (lb.retryTotal > 0 && time.Since(start) >= lb.retryTotal)
+}
+
 // WithRetry sets how often a new tunnel may try another target when a dial
 // or the backend handshake fails (or the 101 is invalid). Each try goes to a
 // target not tried yet for this request. No try starts after total has

@@ -16,8 +16,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"golang.org/x/net/http/httpguts"
 )
 
 // HTTP through the targets (WithHTTP). A request that is not a WebSocket
@@ -177,10 +175,13 @@ func (hp *httpProxy) RoundTrip(req *http.Request) (*http.Response, error) {
 	for try := 1; ; try++ {
 		t, err := p.pick(st.in, tried, &st.aff)
 		if err != nil {
-			return nil, cmpErr(lastErr, err)
+			if lastErr != nil {
+				return nil, lastErr // every target left failed this request: say why the last did
+			}
+			return nil, err
 		}
 		t.stats.httpActive.Add(1)
-		last := try >= lb.tries || (lb.retryTotal > 0 && time.Since(start) >= lb.retryTotal)
+		last := lb.lastTry(try, start)
 		resp, sent, err := hp.try(req, st, t, body)
 		if err == nil {
 			t.health.succeeded()
@@ -205,14 +206,6 @@ func (hp *httpProxy) RoundTrip(req *http.Request) (*http.Response, error) {
 		lastErr = err
 		tried = append(tried, t)
 	}
-}
-
-// cmpErr is a if it is not nil, else b.
-func cmpErr(a, b error) error {
-	if a != nil {
-		return a // every target left failed this request: say why the last did
-	}
-	return b
 }
 
 // try sends the request to t once. sent reports whether the request's
@@ -272,23 +265,13 @@ func (hp *httpProxy) outRequest(ctx context.Context, req *http.Request, st *http
 	p := hp.p
 	out := req.Clone(ctx)
 	in := st.in
-	path, rawPath := joinURLPath(t.URL, in.URL)
-	query := t.URL.RawQuery
-	switch {
-	case query == "":
-		query = in.URL.RawQuery
-	case in.URL.RawQuery != "":
-		query += "&" + in.URL.RawQuery
-	}
+	path, rawPath, query := targetURI(t, in.URL)
 	scheme := "http"
 	if t.tls {
 		scheme = "https"
 	}
 	out.URL = &url.URL{Scheme: scheme, Host: t.URL.Host, Path: path, RawPath: rawPath, RawQuery: query}
-	out.Host = in.Host
-	if p.cfg.hostFromTarget {
-		out.Host = t.URL.Host
-	}
+	out.Host = p.backendHost(in, t)
 	if p.cfg.rewrite == nil {
 		return out, nil
 	}
@@ -306,34 +289,10 @@ func (hp *httpProxy) outRequest(ctx context.Context, req *http.Request, st *http
 		out.Header["Te"] = te
 	}
 	out.URL.Scheme, out.URL.Host = scheme, t.URL.Host
-	if err := checkRewritten(out); err != nil {
+	if err := checkOutgoing(out.URL.RequestURI(), out.Host, out.Header); err != nil {
 		return nil, err
 	}
 	return out, nil
-}
-
-// checkRewritten refuses what a rewrite hook may have put in a request that
-// would break out of its line (as backendRequest.validate does).
-func checkRewritten(out *http.Request) error {
-	if !httpguts.ValidHostHeader(out.Host) {
-		return fmt.Errorf("%w: Host %q", ErrRewrite, out.Host)
-	}
-	for i := 0; i < len(out.URL.RawQuery); i++ {
-		if c := out.URL.RawQuery[i]; c <= ' ' || c == 0x7f {
-			return fmt.Errorf("%w: query %q has a space or control byte", ErrRewrite, out.URL.RawQuery)
-		}
-	}
-	for k, vv := range out.Header {
-		if !httpguts.ValidHeaderFieldName(k) {
-			return fmt.Errorf("%w: header name %q", ErrRewrite, k)
-		}
-		for _, v := range vv {
-			if !httpguts.ValidHeaderFieldValue(v) {
-				return fmt.Errorf("%w: value of %s has invalid bytes", ErrRewrite, k)
-			}
-		}
-	}
-	return nil
 }
 
 // idempotentWithoutBody reports whether a request that reached a backend

@@ -308,18 +308,8 @@ type backendRequest struct {
 // newBackendRequest builds the request for target t, runs the rewrite hook
 // and validates the result.
 func (p *Proxy) newBackendRequest(r *http.Request, t *Target) (*backendRequest, error) {
-	path, rawPath := joinURLPath(t.URL, r.URL)
-	query := t.URL.RawQuery
-	switch {
-	case query == "":
-		query = r.URL.RawQuery
-	case r.URL.RawQuery != "":
-		query += "&" + r.URL.RawQuery
-	}
-	host := r.Host
-	if p.cfg.hostFromTarget {
-		host = t.URL.Host
-	}
+	path, rawPath, query := targetURI(t, r.URL)
+	host := p.backendHost(r, t)
 	key := r.Header.Get("Sec-Websocket-Key")
 	header := p.backendHeader(r)
 
@@ -358,15 +348,21 @@ func (p *Proxy) newBackendRequest(r *http.Request, t *Target) (*backendRequest, 
 // validate refuses anything that would let a value break out of its line:
 // the rewrite hook is user code and its values may come from clients.
 func (br *backendRequest) validate() error {
-	for i := 0; i < len(br.uri); i++ {
-		if c := br.uri[i]; c <= ' ' || c == 0x7f {
-			return fmt.Errorf("%w: request target %q has a space or control byte", ErrRewrite, br.uri)
+	return checkOutgoing(br.uri, br.host, br.header)
+}
+
+// checkOutgoing refuses a request target, Host or header, of an upgrade or
+// an HTTP request (WithHTTP), that could break out of its line.
+func checkOutgoing(uri, host string, header http.Header) error {
+	for i := 0; i < len(uri); i++ {
+		if c := uri[i]; c <= ' ' || c == 0x7f {
+			return fmt.Errorf("%w: request target %q has a space or control byte", ErrRewrite, uri)
 		}
 	}
-	if !httpguts.ValidHostHeader(br.host) {
-		return fmt.Errorf("%w: Host %q", ErrRewrite, br.host)
+	if !httpguts.ValidHostHeader(host) {
+		return fmt.Errorf("%w: Host %q", ErrRewrite, host)
 	}
-	for k, vv := range br.header {
+	for k, vv := range header {
 		if !httpguts.ValidHeaderFieldName(k) {
 			return fmt.Errorf("%w: header name %q", ErrRewrite, k)
 		}
@@ -377,6 +373,29 @@ func (br *backendRequest) validate() error {
 		}
 	}
 	return nil
+}
+
+// targetURI is where a request for u goes on target t: the target's path
+// prefixed to the request's, the target's query before the request's.
+func targetURI(t *Target, u *url.URL) (path, rawPath, query string) {
+	path, rawPath = joinURLPath(t.URL, u)
+	query = t.URL.RawQuery
+	switch {
+	case query == "":
+		query = u.RawQuery
+	case u.RawQuery != "":
+		query += "&" + u.RawQuery
+	}
+	return path, rawPath, query
+}
+
+// backendHost is the Host a backend gets: the client's, or the target's
+// with WithTargetHost.
+func (p *Proxy) backendHost(r *http.Request, t *Target) string {
+	if p.cfg.hostFromTarget {
+		return t.URL.Host
+	}
+	return r.Host
 }
 
 // joinURLPath joins the target's path and the request's, as

@@ -256,7 +256,7 @@ func (p *Proxy) connect(r *http.Request, aff *affinity) (upstream, error) {
 			}
 			return upstream{}, err
 		}
-		last := try >= lb.tries || (lb.retryTotal > 0 && time.Since(start) >= lb.retryTotal)
+		last := lb.lastTry(try, start)
 		up := upstream{t: t}
 		up.conn, up.resp, up.br, err = p.attempt(ctx, r, t)
 		switch {
