@@ -97,24 +97,40 @@ type AffinityStats struct {
 	Spilled int64
 }
 
+// affinityCause says why a request did not reach its home target.
+type affinityCause uint8
+
+const (
+	causeNone    affinityCause = iota // the home was not passed over
+	causeUnknown                      // the cookie names no target of the set
+	causeDown
+	causeFull
+	causeFailed
+	causeSpilled // the home was free: the policy chose otherwise
+	numCauses
+)
+
+var causeNames = [numCauses]string{"", "unknown", "down", "full", "failed", "spilled"}
+
 type affinityCounters struct {
-	kept, assigned, unknown, down, full, failed, spilled atomic.Int64
+	kept, assigned atomic.Int64
+	missed         [numCauses]atomic.Int64
 }
 
 func (c *affinityCounters) snapshot() AffinityStats {
 	return AffinityStats{
-		Kept: c.kept.Load(), Assigned: c.assigned.Load(), Unknown: c.unknown.Load(),
-		Down: c.down.Load(), Full: c.full.Load(), Failed: c.failed.Load(), Spilled: c.spilled.Load(),
+		Kept: c.kept.Load(), Assigned: c.assigned.Load(), Unknown: c.missed[causeUnknown].Load(),
+		Down: c.missed[causeDown].Load(), Full: c.missed[causeFull].Load(),
+		Failed: c.missed[causeFailed].Load(), Spilled: c.missed[causeSpilled].Load(),
 	}
 }
 
 // affinity is one request's affinity while a target is chosen for it.
 type affinity struct {
 	resolved bool
-	cookie   string  // the sticky cookie's value, "" if none
 	home     *Target // where the cookie or hash key points
 	hashed   bool    // home comes from ConsistentHash, not a cookie
-	cause    string  // why home was passed over, "" while it was not
+	cause    affinityCause
 }
 
 // resolve finds the request's home target once: the one its sticky cookie
@@ -123,16 +139,16 @@ type affinity struct {
 func (p *Proxy) resolveAffinity(r *http.Request, set *targetSet, a *affinity) {
 	a.resolved = true
 	if s := p.cfg.sticky; s != nil {
+		var value string
 		for _, line := range r.Header["Cookie"] {
 			if v, ok := findCookie(line, s.cookie.Name); ok {
-				a.cookie = v
+				value = v
 				break
 			}
 		}
-		if a.cookie != "" {
-			a.home = set.byCookie[a.cookie]
-			if a.home == nil {
-				a.cause = "unknown"
+		if value != "" {
+			if a.home = set.byCookie[value]; a.home == nil {
+				a.cause = causeUnknown
 			}
 			return
 		}
@@ -147,13 +163,13 @@ func (p *Proxy) resolveAffinity(r *http.Request, set *targetSet, a *affinity) {
 func (a *affinity) passOver(t *Target, tried []*Target, now int64) bool {
 	switch {
 	case t.removed.Load():
-		a.cause = "unknown"
+		a.cause = causeUnknown
 	case slices.Contains(tried, t):
-		a.cause = "failed"
+		a.cause = causeFailed
 	case !t.health.available(now):
-		a.cause = "down"
+		a.cause = causeDown
 	case t.full():
-		a.cause = "full"
+		a.cause = causeFull
 	default:
 		return false
 	}
@@ -164,39 +180,28 @@ func (a *affinity) passOver(t *Target, tried []*Target, now int64) bool {
 // known, and says whether the answer must set the sticky cookie.
 func (p *Proxy) placed(r *http.Request, a *affinity, t *Target) (setCookie bool) {
 	c := &p.affinity
-	if a.home == nil && !a.hashed && a.cause == "" {
-		if p.cfg.sticky != nil {
-			c.assigned.Add(1)
-			return true
+	switch {
+	case a.home == nil && a.cause == causeNone:
+		if p.cfg.sticky == nil {
+			return false
 		}
-		return false
-	}
-	if t == a.home {
+		c.assigned.Add(1)
+		return true
+	case t == a.home:
 		c.kept.Add(1)
 		return false
 	}
 	cause := a.cause
-	if cause == "" {
-		cause = "spilled" // the home was free: the policy chose otherwise
+	if cause == causeNone {
+		cause = causeSpilled
 	}
-	switch cause {
-	case "unknown":
-		c.unknown.Add(1)
-	case "down":
-		c.down.Add(1)
-	case "full":
-		c.full.Add(1)
-	case "failed":
-		c.failed.Add(1)
-	default:
-		c.spilled.Add(1)
-	}
+	c.missed[cause].Add(1)
 	if p.debug() {
 		home := ""
 		if a.home != nil {
 			home = a.home.raw
 		}
-		p.log.Debug("wsproxy: affinity not kept", "target", t.raw, "home", home, "cause", cause,
+		p.log.Debug("wsproxy: affinity not kept", "target", t.raw, "home", home, "cause", causeNames[cause],
 			"remote_addr", r.RemoteAddr, "path", r.URL.Path)
 	}
 	return p.cfg.sticky != nil

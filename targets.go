@@ -250,15 +250,15 @@ func (p *Proxy) pick(r *http.Request, tried []*Target, aff *affinity) (*Target, 
 	if !aff.resolved {
 		p.resolveAffinity(br, set, aff)
 	}
-	if t := aff.home; t != nil && !aff.hashed && aff.cause == "" && !aff.passOver(t, tried, now) {
+	if t := aff.home; t != nil && !aff.hashed && aff.cause == causeNone && !aff.passOver(t, tried, now) {
 		if p.take(t, true) {
 			return t, nil
 		}
 		if !aff.passOver(t, tried, now) {
-			aff.cause = "down" // another request holds its trial
+			aff.cause = causeDown // another request holds its trial
 		}
 	}
-	if t := aff.home; t != nil && aff.hashed && aff.cause == "" {
+	if t := aff.home; t != nil && aff.hashed && aff.cause == causeNone {
 		aff.passOver(t, tried, now) // the policy goes on without it
 	}
 	for _, group := range [][]*Target{set.primary, set.backup} {
