@@ -128,6 +128,7 @@ func (c *affinityCounters) snapshot() AffinityStats {
 // affinity is one request's affinity while a target is chosen for it.
 type affinity struct {
 	resolved bool
+	req      *http.Request // what the policy sees (balancerRequest)
 	home     *Target // where the cookie or hash key points
 	hashed   bool    // home comes from ConsistentHash, not a cookie
 	cause    affinityCause

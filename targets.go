@@ -246,10 +246,11 @@ func (p *Proxy) SetTargets(targets []string) error {
 func (p *Proxy) pick(r *http.Request, tried []*Target, aff *affinity) (*Target, error) {
 	set := p.set.Load()
 	now := time.Now().UnixNano()
-	br := p.balancerRequest(r)
 	if !aff.resolved {
-		p.resolveAffinity(br, set, aff)
+		aff.req = p.balancerRequest(r) // once per request, not per try
+		p.resolveAffinity(aff.req, set, aff)
 	}
+	br := aff.req
 	if t := aff.home; t != nil && !aff.hashed && aff.cause == causeNone && !aff.passOver(t, tried, now) {
 		if p.take(t, true) {
 			return t, nil
