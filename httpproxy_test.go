@@ -23,6 +23,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/wsproxy/wsproxy/internal/wsframe"
 	"github.com/wsproxy/wsproxy/internal/wstest"
 )
 
@@ -772,71 +773,70 @@ func TestClientIPKeyBehindTrustedProxy(t *testing.T) {
 }
 
 // Two targets both down, then both back: the first request after they are
-// back succeeds, without waiting out the passive cool-down.
+// back succeeds, an upgrade or an HTTP request, without waiting out the
+// passive cool-down.
 func TestRecoveryWhenEveryTargetFailed(t *testing.T) {
 	t.Parallel()
-	lns := make([]net.Listener, 2)
-	targets := make([]string, 2)
-	for i := range lns {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		targets[i] = "ws://" + ln.Addr().String()
-		ln.Close() // refused until reopened; the test holds the address briefly
-		lns[i] = ln
+	// flaky is a backend that resets every connection until up is set.
+	flaky := func(t *testing.T, up *atomic.Bool) string {
+		return newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			switch {
+			case !up.Load():
+				c, _, err := http.NewResponseController(w).Hijack()
+				if err == nil {
+					c.(*net.TCPConn).SetLinger(0)
+					c.Close()
+				}
+			case strings.EqualFold(r.Header.Get("Upgrade"), "websocket"):
+				wstest.EchoHandler().ServeHTTP(w, r)
+			default:
+				io.WriteString(w, "back")
+			}
+		}))
 	}
-	p, u := newProxy(t, targets, WithHTTP(), WithPassiveHealth(1, time.Minute, time.Minute))
-	resp, err := http.Get(httpURL(u) + "/")
-	require.NoError(t, err)
-	resp.Body.Close()
-	require.Equal(t, http.StatusBadGateway, resp.StatusCode)
-	for _, ts := range p.Stats().Targets {
-		require.False(t, ts.Healthy)
+	for _, kind := range []string{"upgrade", "http"} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			var up atomic.Bool
+			p, u := newProxy(t, []string{flaky(t, &up), flaky(t, &up)}, WithHTTP(),
+				WithPassiveHealth(1, time.Minute, time.Minute))
+			resp, err := http.Get(httpURL(u) + "/")
+			require.NoError(t, err)
+			resp.Body.Close()
+			require.Equal(t, http.StatusBadGateway, resp.StatusCode)
+			for _, ts := range p.Stats().Targets {
+				require.False(t, ts.Healthy, "both targets are out for a minute")
+			}
+			up.Store(true)
+			if kind == "upgrade" {
+				c := dial(t, u+"/ws")
+				echoMessage(t, c, wsframe.OpText, []byte("back"))
+				return
+			}
+			resp, body := get(t, http.DefaultClient, httpURL(u)+"/")
+			assert.Equal(t, http.StatusOK, resp.StatusCode)
+			assert.Equal(t, "back", body)
+		})
 	}
-	// Both come back on their addresses.
-	for _, tg := range targets {
-		ln, err := net.Listen("tcp", hostOf(tg))
-		if err != nil {
-			t.Skipf("port taken meanwhile: %v", err)
-		}
-		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "back") })}
-		go srv.Serve(ln)
-		t.Cleanup(func() { srv.Close() })
-	}
-	resp, body := get(t, http.DefaultClient, httpURL(u)+"/")
-	assert.Equal(t, http.StatusOK, resp.StatusCode)
-	assert.Equal(t, "back", body)
-	c, _, err := wstest.Dial(context.Background(), u+"/ws", nil, nil)
-	if err == nil {
-		c.Close()
-	}
-	assert.NotErrorIs(t, err, ErrNoTargetAvailable)
 }
 
 // With active health checks on, a target they hold down stays out even
 // when everything else failed.
 func TestRecoveryRespectsActiveChecks(t *testing.T) {
 	t.Parallel()
-	dead := "ws://" + refusingAddr(t)
-	checked := make(chan struct{})
-	var once sync.Once
-	p, u := newProxy(t, []string{dead, "ws://" + refusingAddr(t)}, WithHTTP(),
+	p, u := newProxy(t, []string{"ws://" + refusingAddr(t), "ws://" + refusingAddr(t)}, WithHTTP(),
 		WithHealthCheck(HealthCheck{Interval: 10 * time.Millisecond, Fall: 1, TCPOnly: true}))
 	require.Eventually(t, func() bool {
-		for _, ts := range p.Stats().Targets {
-			if ts.Healthy {
-				return false
-			}
-		}
-		once.Do(func() { close(checked) })
-		return true
+		s := p.Stats()
+		return !s.Targets[0].Healthy && !s.Targets[1].Healthy
 	}, 5*time.Second, 5*time.Millisecond)
-	<-checked
 	resp, err := http.Get(httpURL(u) + "/")
 	require.NoError(t, err)
 	resp.Body.Close()
 	assert.Equal(t, http.StatusServiceUnavailable, resp.StatusCode)
-	assert.Zero(t, p.Stats().HTTPRequests-1)
-	assert.Zero(t, p.Stats().Targets[0].HTTPFailures, "nothing was dialled")
+	s := p.Stats()
+	assert.Equal(t, int64(1), s.HTTPRequests)
+	assert.Zero(t, s.Targets[0].HTTPFailures+s.Targets[1].HTTPFailures, "nothing was dialled")
 }
 
 func TestOriginBehindTrustedProxy(t *testing.T) {
