@@ -130,7 +130,15 @@ func newJarClient(t *testing.T) *http.Client {
 
 func get(t *testing.T, c *http.Client, u string) (*http.Response, string) {
 	t.Helper()
-	resp, err := c.Get(u)
+	req, err := http.NewRequest("GET", u, nil)
+	require.NoError(t, err)
+	return do(t, c, req)
+}
+
+// do sends req with c and reads the whole answer.
+func do(t *testing.T, c *http.Client, req *http.Request) (*http.Response, string) {
+	t.Helper()
+	resp, err := c.Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
@@ -249,11 +257,7 @@ func TestHTTPHeaderRules(t *testing.T) {
 	req.Header.Set("Connection", "X-Hop")
 	req.Header.Set("X-Hop", "dropped")
 	req.Header.Set("Cookie", "lb=whatever; app=1")
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	got := string(body)
+	_, got := do(t, http.DefaultClient, req)
 	assert.Contains(t, got, "X-Forwarded-For=127.0.0.1\n")
 	assert.Contains(t, got, "X-Forwarded-Host=site.example\n")
 	assert.Contains(t, got, "X-Forwarded-Proto=http\n")
@@ -273,11 +277,7 @@ func TestHTTPTrustedProxyAndTargetHost(t *testing.T) {
 	req.Header.Set("X-Forwarded-For", "203.0.113.5")
 	req.Header.Set("X-Forwarded-Host", "www.example")
 	req.Header.Set("X-Forwarded-Proto", "https")
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	got := string(body)
+	_, got := do(t, http.DefaultClient, req)
 	assert.Contains(t, got, "X-Forwarded-For=203.0.113.5, 127.0.0.1\n")
 	assert.Contains(t, got, "X-Forwarded-Host=www.example\n")
 	assert.Contains(t, got, "X-Forwarded-Proto=https\n")
@@ -618,9 +618,7 @@ func TestStickyCookieForgedAndRemoved(t *testing.T) {
 	for _, forged := range []string{"x", "../../etc", strings.Repeat("A", 4000), "127.0.0.1:1", `"`} {
 		req, _ := http.NewRequest("GET", base+"/", nil)
 		req.Header.Set("Cookie", "lb="+forged)
-		resp, err := http.DefaultClient.Do(req)
-		require.NoError(t, err)
-		resp.Body.Close()
+		resp, _ := do(t, http.DefaultClient, req)
 		assert.Equal(t, http.StatusOK, resp.StatusCode, "forged %q", forged)
 		assert.Contains(t, []string{"a", "b"}, resp.Header.Get("X-Backend"))
 		assert.Len(t, resp.Header.Values("Set-Cookie"), 1, "a forged value is replaced")
@@ -659,15 +657,11 @@ func TestStickyCookieFollowsHealth(t *testing.T) {
 	id := (&sticky{secret: defaultStickySecret}).id(p.set.Load().all[0])
 	req, _ := http.NewRequest("GET", httpURL(u)+"/", nil)
 	req.Header.Set("Cookie", "lb="+id)
-	resp, err := http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	resp.Body.Close()
+	resp, _ := do(t, http.DefaultClient, req)
 	assert.Equal(t, "a", resp.Header.Get("X-Backend"))
 	assert.Len(t, resp.Header.Values("Set-Cookie"), 1)
 	// Now down: the next such request is counted as Down, not Failed.
-	resp, err = http.DefaultClient.Do(req)
-	require.NoError(t, err)
-	resp.Body.Close()
+	resp, _ = do(t, http.DefaultClient, req)
 	s := p.Stats().Affinity
 	assert.Equal(t, int64(1), s.Failed)
 	assert.Equal(t, int64(1), s.Down)
@@ -732,9 +726,7 @@ func TestConsistentHashKeepsAffinityByDefault(t *testing.T) {
 		for sid, home := range homes {
 			req, _ := http.NewRequest("GET", httpURL(u)+"/", nil)
 			req.Header.Set("Cookie", sid)
-			resp, err := http.DefaultClient.Do(req)
-			require.NoError(t, err)
-			resp.Body.Close()
+			resp, _ := do(t, http.DefaultClient, req)
 			assert.Equal(t, home, resp.Header.Get("X-Backend"), sid)
 		}
 	}
@@ -758,9 +750,7 @@ func TestClientIPKeyBehindTrustedProxy(t *testing.T) {
 		for range 3 {
 			req, _ := http.NewRequest("GET", httpURL(u)+"/", nil)
 			req.Header.Set("X-Forwarded-For", client)
-			resp, err := http.DefaultClient.Do(req)
-			require.NoError(t, err)
-			resp.Body.Close()
+			resp, _ := do(t, http.DefaultClient, req)
 			got := resp.Header.Get("X-Backend")
 			if home == "" {
 				home = got
