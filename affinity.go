@@ -129,8 +129,8 @@ func (c *affinityCounters) snapshot() AffinityStats {
 type affinity struct {
 	resolved bool
 	req      *http.Request // what the policy sees (balancerRequest)
-	home     *Target // where the cookie or hash key points
-	hashed   bool    // home comes from ConsistentHash, not a cookie
+	home     *Target       // where the cookie or hash key points
+	hashed   bool          // home comes from ConsistentHash, not a cookie
 	cause    affinityCause
 }
 
