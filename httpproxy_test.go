@@ -661,7 +661,7 @@ func TestStickyCookieFollowsHealth(t *testing.T) {
 	assert.Equal(t, "a", resp.Header.Get("X-Backend"))
 	assert.Len(t, resp.Header.Values("Set-Cookie"), 1)
 	// Now down: the next such request is counted as Down, not Failed.
-	resp, _ = do(t, http.DefaultClient, req)
+	do(t, http.DefaultClient, req)
 	s := p.Stats().Affinity
 	assert.Equal(t, int64(1), s.Failed)
 	assert.Equal(t, int64(1), s.Down)
