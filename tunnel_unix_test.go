@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	engine "github.com/wsproxy/wsproxy/internal/tunnel"
 	"github.com/wsproxy/wsproxy/internal/wsframe"
 	"github.com/wsproxy/wsproxy/internal/wstest"
 )
@@ -38,7 +39,7 @@ func hangUpWithTailPending(t *testing.T, opts ...Option) (*Proxy, *wstest.Conn, 
 		tail = wstest.AppendFrame(tail, wstest.Frame{Fin: true, Op: wsframe.OpBinary, Payload: hangUpMessage(i)}, false)
 	}
 	tail = wsframe.AppendControl(tail, wsframe.OpClose, wsframe.ClosePayload(4000, "done"), nil)
-	require.Less(t, len(tail), bufSize, "one read of the proxy's takes the whole tail")
+	require.Less(t, len(tail), engine.ReadSize, "one read of the proxy's takes the whole tail")
 	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		c, err := wstest.Upgrade(w, r, nil)
 		if err != nil {
