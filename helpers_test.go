@@ -31,6 +31,14 @@ func TestMain(m *testing.M) {
 	if d, err := time.ParseDuration(os.Getenv("WSPROXY_TEST_PARK_AFTER")); err == nil {
 		parkAfter = d
 	}
+	// WSPROXY_TEST_DRIVER=goroutine (or loop) runs every tunnel with that
+	// engine driver, so that both stay tested.
+	switch os.Getenv("WSPROXY_TEST_DRIVER") {
+	case "goroutine":
+		engineDriver = engine.DriverGoroutines
+	case "loop":
+		engineDriver = engine.DriverLoops
+	}
 	leakcheck.Main(m)
 }
 

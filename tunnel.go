@@ -195,9 +195,14 @@ func engineConfig(c *config) engine.Config {
 		CloseTimeout:     c.closeTimeout,
 		HalfCloseTimeout: c.halfCloseTimeout,
 		ParkAfter:        parkAfter,
+		Driver:           engineDriver,
 	}
 }
 
 // parkAfter, when set, replaces engine.DefaultParkAfter; the tests shorten
 // it to run every pump through the reactor.
 var parkAfter time.Duration
+
+// engineDriver is the engine's driver for every tunnel; the tests force
+// one or the other (engine.DriverAuto otherwise).
+var engineDriver engine.Driver

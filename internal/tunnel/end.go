@@ -34,13 +34,15 @@ import (
 //
 // Any other pair does nothing (evClose after open, evCloseFrames before the
 // handshake is done or after closing, evTear once torn). The facts the
-// handshake is judged by are the pumps' flags (fSrcClosed, fSentClose),
+// handshake is judged by are the pumps' flags (fSrcClosed, fCloseOut),
 // set as close frames are read and written; advance reads them under
 // tn.mu, so of a hang-up (evEOF) and the last close frame out
 // (evCloseFrames), whichever comes last sees both and tears down.
 //
 // Lock order: a pump's mu, then tn.mu (writePending reports a close frame
 // it wrote, holding its mu); nothing takes a pump's mu while holding tn.mu.
+// A loop driver's socket's mu (sock.mu) comes last: nothing is taken
+// while it is held.
 // The actions run with tn.mu released; the only ones that may run under a
 // pump's mu are those of evCloseFrames, which never close a socket
 // synchronously. The owner's and the reactor's locks are taken with no
@@ -214,7 +216,7 @@ func (tn *Tunnel) end(c change) {
 		c.p.tellPeerGone(c.reason)
 	}
 	if a&actFinish != 0 {
-		tn.finish()
+		tn.finishAfterClose()
 	}
 }
 
@@ -244,9 +246,10 @@ func (tn *Tunnel) Abort(reason string) { tn.end(change{ev: evTear, reason: reaso
 
 // closeHandshakeDone reports whether each side sent a close frame and was
 // sent one: read is not enough, a close frame read may still be on its way
-// out, behind the last messages before it.
+// out, behind the last messages before it; written is not enough under the
+// loop driver, it may still wait in the socket's backlog (fCloseOut).
 func (tn *Tunnel) closeHandshakeDone() bool {
-	const both = fSrcClosed | fSentClose
+	const both = fSrcClosed | fCloseOut
 	return tn.up.flags.v.Load()&both == both && tn.down.flags.v.Load()&both == both
 }
 

@@ -40,7 +40,7 @@ type pump struct {
 	// Write state, guarded by mu: whoever holds mu may write to dst.
 	mu      sync.Mutex
 	pending *pendingFrame // a control frame to write at the next boundary
-	flags   pumpFlags     // fHasPending, fSentClose, fDstShut, fSrcClosed
+	flags   pumpFlags     // fHasPending, fSentClose, fDstShut, fSrcClosed, fCloseOut
 
 	// Observed facts, read by the tunnel and Stats.
 	closeCode atomic.Int32 // code of the close frame src sent (1005 if it had none)
@@ -71,6 +71,7 @@ const (
 	fSentClose                     // a close frame was written to dst; nothing follows it
 	fDstShut                       // dst's write half is closed
 	fSrcClosed                     // src sent a close frame
+	fCloseOut                      // the close frame written to dst left the tunnel (see sentClose)
 )
 
 func (f *pumpFlags) has(bit uint32) bool { return f.v.Load()&bit != 0 }
@@ -147,14 +148,28 @@ func (p *pump) run(initial []byte) {
 	if err == errParked {
 		return // the reactor runs the pump again when bytes come
 	}
+	p.t.pumpDone(p, p.endErr(err))
+}
+
+// endErr is what a pump whose reading ended with err reports: a clean end
+// inside a frame is an unexpected EOF.
+func (p *pump) endErr(err error) error {
 	if p.frames.Carried() > 0 && err == nil {
-		err = fmt.Errorf("%w: connection ended inside a frame", io.ErrUnexpectedEOF)
+		return fmt.Errorf("%w: connection ended inside a frame", io.ErrUnexpectedEOF)
 	}
-	p.t.pumpDone(p, err)
+	return err
 }
 
 // loop passes the bytes src sent before the hijack, then what it sends.
 func (p *pump) loop(initial []byte) error {
+	if err := p.passEarly(initial); err != nil {
+		return err
+	}
+	return p.loopSrc()
+}
+
+// passEarly passes the bytes src sent before the hijack.
+func (p *pump) passEarly(initial []byte) error {
 	for len(initial) > 0 {
 		bp := bufPool.Get().(*[]byte)
 		n := copy((*bp)[bufHeadroom:], initial)
@@ -165,7 +180,7 @@ func (p *pump) loop(initial []byte) error {
 			return err
 		}
 	}
-	return p.loopSrc()
+	return nil
 }
 
 // loopRead is the loop of a pump that waits in src's Read, holding its
@@ -372,7 +387,7 @@ func (p *pump) flush(b []byte, isClose bool) error {
 	p.bytes.Add(int64(n))
 	p.midFrame = p.frames.Remaining() > 0
 	if isClose && err == nil {
-		p.flags.set(fSentClose)
+		p.sentClose()
 	}
 	return err
 }
@@ -419,6 +434,19 @@ func (p *pump) writeLocked(frame []byte, isClose bool) {
 	n, err := p.dst().Write(frame)
 	p.bytes.Add(int64(n))
 	if err == nil && isClose {
-		p.flags.set(fSentClose)
+		p.sentClose()
+	}
+}
+
+// sentClose records that a close frame was written to dst: nothing may
+// follow it (fSentClose), and it has left the tunnel (fCloseOut) unless dst
+// holds it back. A socket of the loop driver takes what the kernel does not
+// into a backlog; the close frame is out once the backlog drained, and the
+// loop then sets fCloseOut and reports evCloseFrames (sock.drain). mu is
+// held.
+func (p *pump) sentClose() {
+	p.flags.set(fSentClose)
+	if !holdsBack(p.dst()) {
+		p.flags.set(fCloseOut)
 	}
 }

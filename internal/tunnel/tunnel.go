@@ -40,7 +40,41 @@ type Config struct {
 	CloseTimeout     time.Duration // how long a polite close and the linger after it may take; must be > 0
 	HalfCloseTimeout time.Duration // close this long after one side sent FIN and the other did not; 0: never
 	ParkAfter        time.Duration // how long a pump waits in its goroutine before it parks; 0: DefaultParkAfter
+	Driver           Driver        // what moves the bytes; 0: DriverAuto
 }
+
+// A Driver is what moves a tunnel's bytes. Both drivers share the frame
+// tracking (pump.chunk) and the state machine of the tunnel's end (end.go);
+// they differ in who reads and writes the sockets.
+type Driver uint8
+
+const (
+	// DriverAuto is DriverLoops where event loops work, else DriverGoroutines.
+	DriverAuto Driver = iota
+	// DriverGoroutines gives each direction a goroutine of its own, which
+	// parks in the reactor when idle (Linux, plain TCP sources).
+	DriverGoroutines
+	// DriverLoops runs the tunnel in one of a few event loops
+	// (internal/evloop, loop_linux.go) when both connections are plain TCP on
+	// Linux; other tunnels (TLS, HTTP/2 streams, other systems) get
+	// goroutines.
+	DriverLoops
+)
+
+// wantsLoops reports whether tunnels under c should run in event loops
+// where they can.
+func (c *Config) wantsLoops() bool {
+	switch c.Driver {
+	case DriverLoops:
+		return true
+	case DriverGoroutines:
+		return false
+	}
+	return loopsByDefault
+}
+
+// loopsByDefault is what DriverAuto means on systems with event loops.
+const loopsByDefault = false
 
 // DefaultParkAfter is how long a pump waits for bytes in its goroutine
 // before it parks in the reactor. A busy tunnel never waits that long; a
@@ -137,7 +171,10 @@ type ending struct {
 }
 
 // Init sets the tunnel up to move frames between client and back under
-// cfg, and to tell owner when it ended. Nothing runs until Start.
+// cfg, and to tell owner when it ended. Nothing runs until Start, which
+// must follow: from Init on the tunnel owns both connections, and under
+// the loop driver it has taken their sockets out of them and closed them
+// (Client still answers RemoteAddr).
 func (tn *Tunnel) Init(cfg *Config, owner Owner, client, back net.Conn) {
 	tn.cfg, tn.owner, tn.client, tn.back = cfg, owner, client, back
 	tn.running = 2
@@ -156,9 +193,13 @@ func (tn *Tunnel) Init(cfg *Config, owner Owner, client, back net.Conn) {
 		tn.clock.lastRead[0].Store(now)
 		tn.clock.lastRead[1].Store(now)
 	}
+	if clientTCP && backTCP && cfg.wantsLoops() {
+		tn.moveToLoop()
+	}
 }
 
-// Client returns the client's connection.
+// Client returns the client's connection. Under the loop driver it is
+// the tunnel's socket in its event loop, good for its addresses only.
 func (tn *Tunnel) Client() net.Conn { return tn.client }
 
 // Start runs the pumps and the timers, each pump first passing the bytes
@@ -194,6 +235,9 @@ func (tn *Tunnel) Start(clientBuf, backBuf []byte) {
 		tn.addTimer(ping)
 	}
 	tn.mu.Unlock()
+	if tn.startLoop(clientBuf, backBuf) {
+		return
+	}
 	tn.up.begin(clientBuf)
 	tn.down.begin(backBuf)
 }
@@ -212,7 +256,7 @@ type PumpState struct {
 	CloseRead bool // its source sent a close frame
 	CloseSent bool // a close frame was written to its destination
 	Queued    bool // a control frame of the tunnel's waits for a frame boundary
-	Parked    bool // it waits in the reactor, without a goroutine
+	Parked    bool // it waits without a goroutine: in the reactor, or in an event loop (always)
 }
 
 // State returns where the tunnel's end stands.
@@ -225,7 +269,7 @@ func (tn *Tunnel) State() State {
 
 func (p *pump) state() PumpState {
 	return PumpState{CloseRead: p.flags.has(fSrcClosed), CloseSent: p.flags.has(fSentClose),
-		Queued: p.flags.has(fHasPending), Parked: theReactor.holds(p)}
+		Queued: p.flags.has(fHasPending), Parked: isLoopSock(p.src()) || theReactor.holds(p)}
 }
 
 // endingLocked returns the tunnel's ending, made on first use. tn.mu is
@@ -299,8 +343,8 @@ func (tn *Tunnel) isOwnPong(payload []byte) bool {
 	return tn.clock != nil && len(payload) == 8 && binary.BigEndian.Uint32(payload) == tn.clock.pingID
 }
 
-// finish runs once, after both pumps ended: stop the timers and tell the
-// owner.
+// finish runs once, after both pumps ended and both sockets were closed:
+// stop the timers and tell the owner.
 func (tn *Tunnel) finish() {
 	tn.mu.Lock()
 	var res Result

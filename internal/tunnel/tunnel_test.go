@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"net"
+	"os"
 	"testing"
 	"time"
 
@@ -15,7 +16,24 @@ import (
 	"github.com/wsproxy/wsproxy/internal/wstest"
 )
 
-func TestMain(m *testing.M) { leakcheck.Main(m) }
+func TestMain(m *testing.M) {
+	testDriver = driverFromEnv()
+	leakcheck.Main(m)
+}
+
+// testDriver is the driver of the tests' tunnels whose Config names none:
+// WSPROXY_TEST_DRIVER=goroutine or loop.
+var testDriver Driver
+
+func driverFromEnv() Driver {
+	switch os.Getenv("WSPROXY_TEST_DRIVER") {
+	case "goroutine":
+		return DriverGoroutines
+	case "loop":
+		return DriverLoops
+	}
+	return DriverAuto
+}
 
 // The engine's tests drive a Tunnel with no proxy around it: two loopback
 // TCP connections, a WebSocket client on one and a backend on the other.
@@ -62,9 +80,23 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 // WebSocket ends of the peers and the channel its Result arrives on.
 func started(t *testing.T, cfg *Config, early []byte) (tn *Tunnel, client, backend *wstest.Conn, res ends) {
 	t.Helper()
+	return startedTuned(t, cfg, early, nil)
+}
+
+// startedTuned is started with tune called on the four sockets (the
+// client's peer, the tunnel's two, the backend's peer) before the tunnel
+// takes them.
+func startedTuned(t *testing.T, cfg *Config, early []byte, tune func(clientPeer, clientSide, backSide, backendPeer net.Conn)) (tn *Tunnel, client, backend *wstest.Conn, res ends) {
+	t.Helper()
 	clientPeer, clientSide := tcpPair(t)
 	backSide, backendPeer := tcpPair(t)
+	if tune != nil {
+		tune(clientPeer, clientSide, backSide, backendPeer)
+	}
 	res = make(ends, 1)
+	if cfg.Driver == DriverAuto {
+		cfg.Driver = testDriver
+	}
 	tn = new(Tunnel)
 	tn.Init(cfg, res, clientSide, backSide)
 	tn.Start(early, nil)

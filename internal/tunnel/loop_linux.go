@@ -1,0 +1,511 @@
+package tunnel
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/wsproxy/wsproxy/internal/evloop"
+)
+
+// The loop driver runs a tunnel whose two connections are plain TCP in one
+// of a few event loops (internal/evloop) instead of two goroutines. Init
+// takes both sockets out of their net.Conns (evloop.DupConn) and closes the
+// net.Conns, so that an idle tunnel holds two descriptors and two socks, no
+// goroutine, no net.Conn and no pollDesc. A sock stands in for the net.Conn
+// everywhere the engine writes (pump.flush, inject, writeLocked, end.go's
+// actions), and the loop reads it:
+//
+//   - Reading happens in the sock's handler, on the loop: read into a pooled
+//     buffer, pass it on through pump.chunk (the one frame tracker and state
+//     machine of both drivers), with evloop's short-read rule.
+//   - Write never blocks: what the kernel does not take waits in the sock's
+//     backlog, written on the next Writable event. While a pump's
+//     destination holds a backlog the pump does not read its source
+//     (back-pressure), so a backlog is at most one read and a few control
+//     frames. Writes come from the loop and from other goroutines (timers,
+//     Close), each under its pump's mu, as in the goroutine driver.
+//   - A close frame in a backlog has not left the tunnel yet: fCloseOut waits
+//     for the backlog to drain, so the close handshake is judged on what the
+//     kernel took, as under the goroutine driver. CloseWrite waits for it too.
+//   - Deadlines are timers that post to the loop: a read deadline ends the
+//     reading pump with os.ErrDeadlineExceeded; a write deadline that passes
+//     with a backlog drops it and ends the pump writing the socket with
+//     that error, as a blocked write would.
+//   - Close may come from any goroutine; the sock takes no more writes at
+//     once, and the loop ends the reading pump (net.ErrClosed) and closes
+//     the descriptor. The owner hears of the end once both descriptors are
+//     closed, from a goroutine of its own, so a hook that blocks holds no
+//     loop.
+//
+// Fields marked "loop" are touched on the loop's goroutine only.
+type sock struct {
+	t        *Tunnel
+	reg      *evloop.Reg
+	raddr    net.Addr
+	isClient bool // the client's socket: read by t.up, written by t.down
+
+	readable bool // loop: an edge came and the socket was not drained since
+	drain    bool // loop: the peer ended or failed: read until EOF, whatever the short-read rule says
+	started  bool // loop: Start's bytes were passed; events may be acted on
+	done     bool // loop: the pump reading the socket ended
+	gone     bool // loop: the registration (and so the descriptor) is being closed
+	// On the client's sock only (loop): both pumps ended and the owner is
+	// to be told once both sockets are gone; told.
+	finishWanted, told bool
+
+	mu         sync.Mutex // guards what follows, and every use of the descriptor off the loop
+	closed     bool       // Close was called: no more writes
+	shutWanted bool       // CloseWrite came while the backlog held bytes
+	shut       bool       // the FIN went out
+	backlog    []byte     // written, not yet taken by the kernel
+	werr       error      // a write failed: every later write fails so
+	dl         *deadlines // nil until a deadline is set
+}
+
+// deadlines are a sock's timers, which only a tunnel's end sets.
+type deadlines struct {
+	read, write *time.Timer
+	rgen, wgen  uint32 // count the deadlines set, so a timer that fires late knows it is stale
+	writeBy     int64  // unix nanoseconds after which writes fail; 0: never
+}
+
+// loops are the process's event loops, made on first use.
+var loops = sync.OnceValues(func() (*evloop.Group, error) { return evloop.NewGroup(0) })
+
+// moveToLoop takes both sockets out of their net.Conns into one loop. If
+// anything fails, the tunnel stays with its net.Conns and the goroutines.
+func (tn *Tunnel) moveToLoop() {
+	g, err := loops()
+	if err != nil {
+		return
+	}
+	l := g.Pick()
+	cs, err := newSock(tn, l, tn.client, true)
+	if err != nil {
+		return
+	}
+	bs, err := newSock(tn, l, tn.back, false)
+	if err != nil {
+		cs.reg.Close()
+		return
+	}
+	tn.client.Close()
+	tn.back.Close()
+	tn.client, tn.back = cs, bs
+	tn.up.parkable, tn.down.parkable = false, false
+	tn.up.spliceOK, tn.down.spliceOK = false, false
+}
+
+// newSock registers a copy of c's descriptor with l. Its handler does
+// nothing but note events until Start.
+func newSock(tn *Tunnel, l *evloop.Loop, c net.Conn, isClient bool) (*sock, error) {
+	fd, err := evloop.DupConn(c.(syscall.Conn))
+	if err != nil {
+		return nil, err
+	}
+	s := &sock{t: tn, raddr: c.RemoteAddr(), isClient: isClient, readable: true}
+	reg, err := l.Add(fd, s)
+	if err != nil {
+		syscall.Close(fd)
+		return nil, err
+	}
+	s.reg = reg
+	return s, nil
+}
+
+// startLoop starts a tunnel of the loop driver and reports whether it is
+// one: its pumps pass the early bytes, then read as events come.
+func (tn *Tunnel) startLoop(clientBuf, backBuf []byte) bool {
+	cs, ok := tn.client.(*sock)
+	if !ok {
+		return false
+	}
+	bs := tn.back.(*sock)
+	// Post fails only when a stopped loop cannot start, and the two
+	// registrations keep this one running.
+	_ = cs.reg.Loop().Post(func() {
+		cs.started, bs.started = true, true
+		cs.passEarly(clientBuf)
+		bs.passEarly(backBuf)
+		cs.pull()
+		bs.pull()
+	})
+	return true
+}
+
+// isLoopSock reports whether c is a socket of the loop driver.
+func isLoopSock(c net.Conn) bool {
+	_, ok := c.(*sock)
+	return ok
+}
+
+// holdsBack reports whether c holds written bytes back from the kernel.
+func holdsBack(c net.Conn) bool {
+	s, ok := c.(*sock)
+	return ok && s.holding()
+}
+
+// finishAfterClose finishes the tunnel: at once under the goroutine
+// driver; under the loop driver (where both pumps end on the loop) once
+// both descriptors are closed, from a goroutine of its own.
+func (tn *Tunnel) finishAfterClose() {
+	cs, ok := tn.client.(*sock)
+	if !ok {
+		tn.finish()
+		return
+	}
+	cs.finishWanted = true
+	cs.finishIfGone()
+}
+
+// finishIfGone tells the owner, once, when both pumps ended and both
+// registrations are closing. The loop closes a descriptor in the order of
+// its posted work, so what is posted now runs after both closes. Loop.
+func (s *sock) finishIfGone() {
+	bs := s.t.back.(*sock)
+	if !s.finishWanted || s.told || !s.gone || !bs.gone {
+		return
+	}
+	s.told = true
+	tn := s.t
+	_ = s.reg.Loop().Post(func() { go tn.finish() })
+}
+
+func (s *sock) reader() *pump {
+	if s.isClient {
+		return &s.t.up
+	}
+	return &s.t.down
+}
+
+func (s *sock) writer() *pump {
+	if s.isClient {
+		return &s.t.down
+	}
+	return &s.t.up
+}
+
+// peer is the tunnel's other socket: where the reader writes, and what the
+// writer reads.
+func (s *sock) peer() *sock {
+	if s.isClient {
+		return s.t.back.(*sock)
+	}
+	return s.t.client.(*sock)
+}
+
+// Ready is the sock's handler, on the loop.
+func (s *sock) Ready(_ *evloop.Reg, ev evloop.Events) {
+	if ev&^evloop.Writable != 0 {
+		s.readable = true
+		if ev&(evloop.ReadClosed|evloop.HangUp|evloop.Error) != 0 {
+			s.drain = true
+		}
+	}
+	if !s.started {
+		return
+	}
+	if ev&evloop.Writable != 0 && s.flushBacklog() {
+		s.peer().pull() // the pump writing s may read again
+	}
+	s.pull()
+}
+
+// passEarly passes the bytes the reader's source sent before the hijack.
+// Loop.
+func (s *sock) passEarly(b []byte) {
+	if err := s.reader().passEarly(b); err != nil {
+		s.endRead(err)
+	}
+}
+
+// pull reads s and passes what it reads on until s is drained, the
+// reader's destination holds a backlog (its next Writable event pulls
+// again), or the reader ended. Loop.
+func (s *sock) pull() {
+	if !s.started || s.done || !s.readable {
+		return
+	}
+	p, dst := s.reader(), s.peer()
+	var bp *[]byte
+	defer func() {
+		if bp != nil {
+			bufPool.Put(bp)
+		}
+	}()
+	for s.readable && !s.done {
+		if dst.holding() {
+			return
+		}
+		if bp == nil {
+			bp = bufPool.Get().(*[]byte)
+		}
+		b := (*bp)[bufHeadroom:]
+		n, err := evloop.Read(s.reg.Fd(), b)
+		if n > 0 {
+			s.readable = n == len(b) || s.drain
+			if err := p.chunk(*bp, n); err != nil {
+				s.endRead(err)
+			}
+			continue
+		}
+		s.readable = false
+		switch {
+		case errors.Is(err, evloop.ErrWouldBlock):
+		case err == io.EOF:
+			s.endRead(nil)
+		default:
+			p.srcFailed = true
+			s.endRead(err)
+		}
+	}
+}
+
+// endRead ends the pump reading s, once, as the goroutine driver's pump
+// ends when its loop returns err. Loop.
+func (s *sock) endRead(err error) {
+	if s.done {
+		return
+	}
+	s.done = true
+	s.readable = false
+	p := s.reader()
+	s.t.pumpDone(p, p.endErr(err))
+}
+
+// holding reports whether s has a backlog.
+func (s *sock) holding() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.backlog) > 0
+}
+
+// flushBacklog writes what s holds, on a Writable event, and reports
+// whether it all went (the writer was held back and may read again). The
+// FIN asked for meanwhile follows, and a close frame among the bytes is
+// now out. Loop.
+func (s *sock) flushBacklog() bool {
+	s.mu.Lock()
+	if s.closed || len(s.backlog) == 0 {
+		s.mu.Unlock()
+		return false
+	}
+	n, err := evloop.Write(s.reg.Fd(), s.backlog)
+	s.backlog = s.backlog[n:]
+	switch {
+	case errors.Is(err, evloop.ErrWouldBlock):
+		s.mu.Unlock()
+		return false
+	case err != nil:
+		s.dropLocked(err)
+		s.mu.Unlock()
+		s.peer().endRead(err) // the writer's blocked write failed
+		return false
+	}
+	s.backlog = nil
+	if s.shutWanted && !s.shut {
+		s.shut = true
+		evloop.ShutdownWrite(s.reg.Fd())
+	}
+	s.mu.Unlock()
+	if w := s.writer(); w.flags.has(fSentClose) && w.flags.setOnce(fCloseOut) {
+		s.t.end(change{ev: evCloseFrames})
+	}
+	return true
+}
+
+// dropLocked gives up on the backlog because of err, which every later
+// write returns; its bytes no longer count as written. s.mu is held.
+func (s *sock) dropLocked(err error) {
+	s.writer().bytes.Add(-int64(len(s.backlog)))
+	s.backlog = nil
+	if s.werr == nil {
+		s.werr = err
+	}
+}
+
+// Write writes b, or keeps what the kernel does not take for the next
+// Writable event; it never blocks. The caller holds the writing pump's mu.
+func (s *sock) Write(b []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed:
+		return 0, net.ErrClosed
+	case s.werr != nil:
+		return 0, s.werr
+	case s.dl != nil && s.dl.writeBy != 0 && time.Now().UnixNano() >= s.dl.writeBy:
+		return 0, os.ErrDeadlineExceeded
+	case len(s.backlog) > 0:
+		s.backlog = append(s.backlog, b...)
+		return len(b), nil
+	}
+	n, err := evloop.Write(s.reg.Fd(), b)
+	switch {
+	case err == nil:
+		return n, nil
+	case errors.Is(err, evloop.ErrWouldBlock):
+		s.backlog = append([]byte(nil), b[n:]...)
+		return len(b), nil
+	}
+	s.werr = err
+	return n, err
+}
+
+// CloseWrite sends a FIN, after the backlog.
+func (s *sock) CloseWrite() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.closed || s.shut:
+		return nil
+	case len(s.backlog) > 0:
+		s.shutWanted = true
+		return nil
+	}
+	s.shut = true
+	return evloop.ShutdownWrite(s.reg.Fd())
+}
+
+// Close takes no more writes, drops the backlog and has the loop end the
+// reading pump and close the descriptor.
+func (s *sock) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.dropLocked(net.ErrClosed)
+	if d := s.dl; d != nil {
+		stop(d.read)
+		stop(d.write)
+	}
+	s.mu.Unlock()
+	_ = s.reg.Loop().Post(s.closeOnLoop)
+	return nil
+}
+
+func stop(t *time.Timer) {
+	if t != nil {
+		t.Stop()
+	}
+}
+
+func (s *sock) closeOnLoop() {
+	s.endRead(net.ErrClosed)
+	s.gone = true
+	s.reg.Close()
+	s.t.client.(*sock).finishIfGone()
+}
+
+// SetReadDeadline ends the reading pump with os.ErrDeadlineExceeded at t,
+// unless another deadline replaces it first.
+func (s *sock) SetReadDeadline(t time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return net.ErrClosed
+	}
+	d := s.deadlinesLocked()
+	d.rgen++
+	stop(d.read)
+	d.read = nil
+	if !t.IsZero() {
+		gen := d.rgen
+		d.read = time.AfterFunc(time.Until(t), func() { s.onLoop(func() { s.readExpired(gen) }) })
+	}
+	return nil
+}
+
+// SetWriteDeadline makes writes fail after t, and a backlog still held at
+// t end the writing pump, as a write blocked until then would.
+func (s *sock) SetWriteDeadline(t time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return net.ErrClosed
+	}
+	d := s.deadlinesLocked()
+	d.wgen++
+	stop(d.write)
+	d.write, d.writeBy = nil, 0
+	if !t.IsZero() {
+		gen := d.wgen
+		d.writeBy = t.UnixNano()
+		d.write = time.AfterFunc(time.Until(t), func() { s.onLoop(func() { s.writeExpired(gen) }) })
+	}
+	return nil
+}
+
+// SetDeadline sets both deadlines.
+func (s *sock) SetDeadline(t time.Time) error {
+	return errors.Join(s.SetReadDeadline(t), s.SetWriteDeadline(t))
+}
+
+func (s *sock) deadlinesLocked() *deadlines {
+	if s.dl == nil {
+		s.dl = new(deadlines)
+	}
+	return s.dl
+}
+
+// onLoop runs f on the loop. The registration keeps the loop running
+// until Close, and a timer that Close stopped may still call this: then
+// the loop is gone for the sock and f finds it closed.
+func (s *sock) onLoop(f func()) { _ = s.reg.Loop().Post(f) }
+
+func (s *sock) readExpired(gen uint32) {
+	s.mu.Lock()
+	current := !s.closed && s.dl.rgen == gen
+	s.mu.Unlock()
+	if current {
+		s.endRead(os.ErrDeadlineExceeded)
+	}
+}
+
+func (s *sock) writeExpired(gen uint32) {
+	s.mu.Lock()
+	held := !s.closed && s.dl.wgen == gen && len(s.backlog) > 0
+	if held {
+		s.dropLocked(os.ErrDeadlineExceeded)
+	}
+	s.mu.Unlock()
+	if held {
+		s.peer().endRead(os.ErrDeadlineExceeded)
+	}
+}
+
+// errLoopReads is what Read returns: the loop reads a sock, nobody else.
+var errLoopReads = errors.New("tunnel: the socket is read by its event loop")
+
+// Read fails: the event loop reads the socket.
+func (s *sock) Read([]byte) (int, error) { return 0, errLoopReads }
+
+// RemoteAddr returns the peer's address, kept from the net.Conn.
+func (s *sock) RemoteAddr() net.Addr { return s.raddr }
+
+// LocalAddr returns the socket's own address, or nil once it is closed.
+func (s *sock) LocalAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil
+	}
+	sa, err := syscall.Getsockname(s.reg.Fd())
+	if err != nil {
+		return nil
+	}
+	switch sa := sa.(type) {
+	case *syscall.SockaddrInet4:
+		return &net.TCPAddr{IP: sa.Addr[:], Port: sa.Port}
+	case *syscall.SockaddrInet6:
+		return &net.TCPAddr{IP: sa.Addr[:], Port: sa.Port}
+	}
+	return nil
+}
