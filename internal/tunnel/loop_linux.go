@@ -74,8 +74,12 @@ type deadlines struct {
 	writeBy     int64  // unix nanoseconds after which writes fail; 0: never
 }
 
-// loops are the process's event loops, made on first use.
-var loops = sync.OnceValues(func() (*evloop.Group, error) { return evloop.NewGroup(0) })
+// loops are the process's event loops, made on first use: loopCount of
+// them, 0 for evloop's default (GOMAXPROCS/2, at least one).
+var loops = sync.OnceValues(func() (*evloop.Group, error) { return evloop.NewGroup(loopCount) })
+
+// loopCount is set by the tests only, before the first tunnel.
+var loopCount int
 
 // moveToLoop takes both sockets out of their net.Conns into one loop. If
 // anything fails, the tunnel stays with its net.Conns and the goroutines.

@@ -43,7 +43,10 @@ func (p *pump) loopRaw(rr *rawReader) error {
 		rr.deadline = p.armIdleDeadline(rr.deadline)
 		err := rr.run()
 		switch {
-		case errors.Is(err, os.ErrDeadlineExceeded):
+		case rr.err == nil && errors.Is(err, os.ErrDeadlineExceeded):
+			// The read deadline (rr.err holds the errors of reading and of
+			// passing bytes on: a write deadline that ran out, say, which
+			// ends the pump).
 			rr.deadline = 0
 			if p.tryPark() {
 				return errParked

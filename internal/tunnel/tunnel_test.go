@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"net"
 	"os"
@@ -18,6 +19,7 @@ import (
 
 func TestMain(m *testing.M) {
 	testDriver = driverFromEnv()
+	loopCount = 3 // more loops than this machine would have, so tunnels spread
 	leakcheck.Main(m)
 }
 
@@ -59,7 +61,14 @@ func (e ends) wait(t *testing.T) Result {
 // tcpPair returns the two ends of one loopback TCP connection.
 func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	return pairWith(t, net.ListenConfig{}, net.Dialer{})
+}
+
+// pairWith is tcpPair with the dialing end made by d, the accepted one
+// by a listener from lc.
+func pairWith(t *testing.T, lc net.ListenConfig, d net.Dialer) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	require.NoError(t, err)
 	defer ln.Close()
 	accepted := make(chan net.Conn, 1)
@@ -67,7 +76,7 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 		c, _ := ln.Accept()
 		accepted <- c
 	}()
-	a, err := net.Dial("tcp", ln.Addr().String())
+	a, err := d.Dial("tcp", ln.Addr().String())
 	require.NoError(t, err)
 	b := <-accepted
 	require.NotNil(t, b)
@@ -80,19 +89,16 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 // WebSocket ends of the peers and the channel its Result arrives on.
 func started(t *testing.T, cfg *Config, early []byte) (tn *Tunnel, client, backend *wstest.Conn, res ends) {
 	t.Helper()
-	return startedTuned(t, cfg, early, nil)
+	return startedOn(t, cfg, early, tcpPair, tcpPair)
 }
 
-// startedTuned is started with tune called on the four sockets (the
-// client's peer, the tunnel's two, the backend's peer) before the tunnel
-// takes them.
-func startedTuned(t *testing.T, cfg *Config, early []byte, tune func(clientPeer, clientSide, backSide, backendPeer net.Conn)) (tn *Tunnel, client, backend *wstest.Conn, res ends) {
+// startedOn is started on the connections clientPair and backPair make
+// (tcpPair for both in started): the first of each pair is the client's
+// side (the client's peer, the tunnel's backend socket).
+func startedOn(t *testing.T, cfg *Config, early []byte, clientPair, backPair func(*testing.T) (net.Conn, net.Conn)) (tn *Tunnel, client, backend *wstest.Conn, res ends) {
 	t.Helper()
-	clientPeer, clientSide := tcpPair(t)
-	backSide, backendPeer := tcpPair(t)
-	if tune != nil {
-		tune(clientPeer, clientSide, backSide, backendPeer)
-	}
+	clientPeer, clientSide := clientPair(t)
+	backSide, backendPeer := backPair(t)
 	res = make(ends, 1)
 	if cfg.Driver == DriverAuto {
 		cfg.Driver = testDriver
