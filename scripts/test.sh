@@ -35,8 +35,12 @@ for m in "${modules[@]}"; do
   step "go vet + go test -race ($m)"
   (cd "$m" && go vet ./... && go test -race -count=1 -timeout 20m ./...)
 done
-step "library again, with every idle pump parked in the reactor after 5ms"
-WSPROXY_TEST_PARK_AFTER=5ms go test -race -count=1 -timeout 10m .
+# On Linux plain TCP tunnels run in event loops; the goroutine driver (TLS,
+# HTTP/2 streams, other systems) gets the whole suite too, and its reactor.
+step "library and engine again, with the goroutine driver forced"
+WSPROXY_TEST_DRIVER=goroutine go test -race -count=1 -timeout 10m . ./internal/tunnel
+step "library again, goroutine driver, with every idle pump parked in the reactor after 5ms"
+WSPROXY_TEST_DRIVER=goroutine WSPROXY_TEST_PARK_AFTER=5ms go test -race -count=1 -timeout 10m .
 
 if [ -s "$WSPROXY_SOAK_REPORT" ]; then
   step "soak and chaos summary"
