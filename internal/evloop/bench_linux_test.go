@@ -7,7 +7,6 @@ import (
 	"runtime"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -108,11 +107,7 @@ func BenchmarkPostWake(b *testing.B) {
 		if err := l.Post(f); err != nil {
 			b.Fatal(err)
 		}
-		select {
-		case <-done:
-		case <-time.After(testTimeout):
-			b.Fatal("a post did not run")
-		}
+		<-done
 	}
 	b.ReportMetric(float64(cpuTime(b)-start)/float64(b.N), "cpu-ns/op")
 }

@@ -208,6 +208,20 @@ func TestLoopStopsWhenIdleAndRestarts(t *testing.T) {
 	}
 }
 
+// A loop used for posts alone stops too, after its last post.
+func TestPostOnlyLoopStops(t *testing.T) {
+	t.Parallel()
+	l := &Loop{linger: time.Millisecond}
+	for range 3 {
+		post(t, l, func() {})
+	}
+	assert.True(t, waitFor(testTimeout, func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return l.run == nil
+	}))
+}
+
 // loopFds counts the process's epoll and event descriptors (Go's own
 // netpoller has one of each).
 func loopFds(t testing.TB) int {
