@@ -59,15 +59,6 @@ func (d *countingDialer) setDead(addr string, dead bool) {
 	d.dead[addr] = dead
 }
 
-func targetStats(p *Proxy, target string) TargetStats {
-	for _, ts := range p.Stats().Targets {
-		if ts.Target == target {
-			return ts
-		}
-	}
-	return TargetStats{}
-}
-
 // tryDial opens a WebSocket and reports the status of a refused handshake.
 func tryDial(t *testing.T, url string) (*wstest.Conn, int) {
 	t.Helper()

@@ -469,7 +469,7 @@ func TestHTTPFailover(t *testing.T) {
 			w.(http.Flusher).Flush()
 			panic(http.ErrAbortHandler)
 		}))
-		_, u := newProxy(t, []string{breaks, live.url}, WithHTTP(), WithBalancer(&fixedOrder{}))
+		_, u := newProxy(t, []string{breaks, live.url}, WithHTTP(), WithBalancer(firstTarget{}))
 		before := live.requests()
 		assert.Error(t, readAll(httpURL(u)+"/"))
 		assert.Equal(t, int64(1), calls.Load())
@@ -488,18 +488,13 @@ func readAll(u string) error {
 	return err
 }
 
-// fixedOrder always picks the first candidate.
-type fixedOrder struct{}
-
-func (*fixedOrder) Pick(_ *http.Request, ts []*Target) *Target { return ts[0] }
-
 // One health for both kinds of traffic: an upgrade that failed takes the
 // target out for HTTP requests too, and the other way round.
 func TestHTTPSharesHealthWithUpgrades(t *testing.T) {
 	t.Parallel()
 	live := newSiteBackend(t, "live")
 	dead := "ws://" + refusingAddr(t)
-	p, u := newProxy(t, []string{dead, live.url}, WithHTTP(), WithBalancer(&fixedOrder{}))
+	p, u := newProxy(t, []string{dead, live.url}, WithHTTP(), WithBalancer(firstTarget{}))
 	c := dial(t, u+"/ws") // tries dead first, fails over
 	c.Close()
 	require.False(t, p.Stats().Targets[0].Healthy)
@@ -524,7 +519,7 @@ func TestHTTPMaxConnsAndDraining(t *testing.T) {
 		}
 	}))
 	other := newSiteBackend(t, "other")
-	p, u := newProxy(t, []string{holdURL + " max_conns=1", other.url}, WithHTTP(), WithBalancer(&fixedOrder{}),
+	p, u := newProxy(t, []string{holdURL + " max_conns=1", other.url}, WithHTTP(), WithBalancer(firstTarget{}),
 		WithDrainTimeout(100*time.Millisecond))
 	resp, err := http.Get(httpURL(u) + "/stream")
 	require.NoError(t, err)

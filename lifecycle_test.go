@@ -487,6 +487,7 @@ func TestCloseWhileBothWaysBlocked(t *testing.T) {
 }
 
 func closeWhileBlocked(t *testing.T, size int) {
+	t.Helper()
 	release := make(chan struct{})
 	defer close(release)
 	flood := func(c *wstest.Conn, written *atomic.Int64) {
