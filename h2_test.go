@@ -170,14 +170,7 @@ func TestH2ManyStreamsOneConnection(t *testing.T) {
 func TestH2CloseFromBackend(t *testing.T) {
 	t.Parallel()
 	backendDone := make(chan error, 1)
-	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := wstest.Upgrade(w, r, nil)
-		if err != nil {
-			backendDone <- err
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
+	backend := upgradeBackend(t, func(c *wstest.Conn) {
 		if err := c.WriteClose(4001, "server bye"); err != nil {
 			backendDone <- err
 			return
@@ -187,7 +180,7 @@ func TestH2CloseFromBackend(t *testing.T) {
 			err = errors.New("expected the client's close frame")
 		}
 		backendDone <- err
-	}))
+	})
 	f := newH2Fixture(t, []string{backend})
 	c, _ := f.mustDial(t, "/", nil)
 
@@ -230,15 +223,7 @@ func TestH2CloseFromClient(t *testing.T) {
 // half-close timeout.
 func TestH2BackendHangsUp(t *testing.T) {
 	t.Parallel()
-	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := wstest.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		c.SetDeadline(time.Now().Add(10 * time.Second))
-		c.ReadFrame()
-		c.Close()
-	}))
+	backend := upgradeBackend(t, func(c *wstest.Conn) { c.ReadFrame() })
 	f := newH2Fixture(t, []string{backend})
 	c, _ := f.mustDial(t, "/", nil)
 	start := time.Now()
@@ -257,13 +242,7 @@ func TestH2ClientResetsStream(t *testing.T) {
 	t.Parallel()
 	backendGone := make(chan error, 4)
 	var toldCode atomic.Int32 // the code of the close frame the backend got
-	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := wstest.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(10 * time.Second))
+	backend := upgradeBackend(t, func(c *wstest.Conn) {
 		for {
 			f, err := c.ReadFrame()
 			if err != nil {
@@ -276,7 +255,7 @@ func TestH2ClientResetsStream(t *testing.T) {
 			}
 			c.WriteFrame(f)
 		}
-	}))
+	})
 	f := newH2Fixture(t, []string{backend})
 	other, _ := f.mustDial(t, "/", nil)
 	c, _ := f.mustDial(t, "/", nil)

@@ -224,6 +224,18 @@ func scriptedSilentBackend(t *testing.T, script func(c *wstest.Conn)) string {
 	return upgradedBackend(t, script, func(c *wstest.Conn) { io.Copy(io.Discard, c.Conn) })
 }
 
+// neverHalfCloses is a backend that reads until the client's FIN and
+// keeps its own half open until the test ends.
+func neverHalfCloses(t *testing.T) string {
+	t.Helper()
+	done := make(chan struct{})
+	t.Cleanup(func() { close(done) })
+	return upgradedBackend(t, nil, func(c *wstest.Conn) {
+		io.Copy(io.Discard, c.Conn)
+		<-done
+	})
+}
+
 // echoSeeing is an echo backend that shows each request to see first.
 func echoSeeing(t *testing.T, see func(r *http.Request)) string {
 	t.Helper()

@@ -308,24 +308,12 @@ func TestHTTPRefusesOtherUpgrades(t *testing.T) {
 // A backend that answers 101 to a plain request must not become a tunnel.
 func TestHTTPBackendSwitchingProtocolsUnasked(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				http.ReadRequest(bufio.NewReader(c))
-				io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nRAW")
-				time.Sleep(100 * time.Millisecond)
-			}()
-		}
-	}()
-	p, u := newProxy(t, []string{"ws://" + ln.Addr().String()}, WithHTTP())
+	backend := rawBackend(t, func(c net.Conn) {
+		http.ReadRequest(bufio.NewReader(c))
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nRAW")
+		io.Copy(io.Discard, c) // the connection stays open until the proxy drops it
+	})
+	p, u := newProxy(t, []string{backend}, WithHTTP())
 	resp, err := http.Get(httpURL(u) + "/")
 	require.NoError(t, err)
 	resp.Body.Close()
@@ -417,24 +405,15 @@ func TestHTTPFailover(t *testing.T) {
 	// resetter reads the request and resets the connection: the request
 	// was sent, and no response came.
 	resetter := func(t *testing.T) (string, *atomic.Int64) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		t.Cleanup(func() { ln.Close() })
+		t.Helper()
 		var got atomic.Int64
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
-					got.Add(1)
-				}
-				c.(*net.TCPConn).SetLinger(0)
-				c.Close()
+		url := rawBackend(t, func(c net.Conn) {
+			if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+				got.Add(1)
 			}
-		}()
-		return "ws://" + ln.Addr().String(), &got
+			c.(*net.TCPConn).SetLinger(0) // rawBackend's Close sends a reset
+		})
+		return url, &got
 	}
 	t.Run("sent idempotent request without body is retried", func(t *testing.T) {
 		bad, got := resetter(t)

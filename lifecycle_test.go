@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -380,17 +379,7 @@ func TestStatsMatchOpenTunnels(t *testing.T) {
 
 func TestHalfCloseTimeout(t *testing.T) {
 	t.Parallel()
-	// A backend that never closes its side: after the client's FIN it
-	// keeps its own half open until the proxy cuts the tunnel.
-	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := wstest.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		io.Copy(io.Discard, c.Conn)
-		time.Sleep(time.Second)
-	}))
+	backend := neverHalfCloses(t)
 	hook, closed := closeInfoHook()
 	_, url := newProxy(t, []string{backend}, WithHalfCloseTimeout(100*time.Millisecond), hook)
 	c := dial(t, url)
@@ -441,15 +430,10 @@ func TestPeerResetIsReported(t *testing.T) {
 	t.Run("backend crashes", func(t *testing.T) {
 		t.Parallel()
 		crash := make(chan struct{})
-		backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			c, err := wstest.Upgrade(w, r, nil)
-			if err != nil {
-				return
-			}
+		backend := upgradeBackend(t, func(c *wstest.Conn) {
 			<-crash
-			c.Conn.(*net.TCPConn).SetLinger(0) // close with a reset
-			c.Close()
-		}))
+			c.Conn.(*net.TCPConn).SetLinger(0) // the fixture's Close sends a reset
+		})
 		_, url := newProxy(t, []string{backend})
 		c := dial(t, url)
 		close(crash)
@@ -500,15 +484,10 @@ func closeWhileBlocked(t *testing.T, size int) {
 		}
 	}
 	var backWritten atomic.Int64
-	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := wstest.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	backend := upgradedBackend(t, nil, func(c *wstest.Conn) { // no deadline: it floods until released
 		go flood(c, &backWritten)
 		<-release
-	}))
+	})
 	p, url := newProxy(t, []string{backend})
 	c := dial(t, url)
 	c.SetDeadline(time.Time{})

@@ -228,16 +228,11 @@ func TestTunnelSize(t *testing.T) {
 func TestHalfClose(t *testing.T) {
 	t.Parallel()
 	backendDone := make(chan []byte, 1)
-	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := wstest.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	backend := upgradeBackend(t, func(c *wstest.Conn) {
 		got, _ := io.ReadAll(c.Conn) // until the client's half-close
 		backendDone <- got
 		c.WriteMessage(wsframe.OpText, []byte("after your FIN"))
-	}))
+	})
 	_, url := newProxy(t, []string{backend})
 	c := dial(t, url)
 	require.NoError(t, c.WriteMessage(wsframe.OpText, []byte("last words")))
@@ -260,17 +255,12 @@ func TestHalfClose(t *testing.T) {
 func TestHalfCloseFromBackend(t *testing.T) {
 	t.Parallel()
 	backendGot := make(chan string, 1)
-	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := wstest.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	backend := upgradeBackend(t, func(c *wstest.Conn) {
 		c.WriteMessage(wsframe.OpText, []byte("bye"))
 		c.Conn.(*net.TCPConn).CloseWrite()
 		_, msg, _ := c.ReadMessage()
 		backendGot <- string(msg)
-	}))
+	})
 	_, url := newProxy(t, []string{backend})
 	c := dial(t, url)
 	_, got, err := c.ReadMessage()

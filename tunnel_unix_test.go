@@ -7,7 +7,6 @@ import (
 	"context"
 	"io"
 	"net"
-	"net/http"
 	"net/http/httptest"
 	"syscall"
 	"testing"
@@ -39,18 +38,13 @@ func hangUpWithTailPending(t *testing.T, opts ...Option) (*Proxy, *wstest.Conn, 
 	}
 	tail = wsframe.AppendControl(tail, wsframe.OpClose, wsframe.ClosePayload(4000, "done"), nil)
 	require.Less(t, len(tail), bufSize, "one read of the proxy's takes the whole tail")
-	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := wstest.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	backend := upgradeBackend(t, func(c *wstest.Conn) {
 		if _, _, err := c.ReadMessage(); err != nil { // "go"
 			return
 		}
 		c.Conn.Write(tail)
 		io.Copy(io.Discard, c.Conn) // the client's close frame, then its FIN
-	}))
+	})
 	p, err := New([]string{backend}, opts...)
 	require.NoError(t, err)
 	// Small socket buffers between the proxy and the client, so that the
