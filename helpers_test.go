@@ -104,14 +104,33 @@ func refusingAddr(t *testing.T) string {
 // and the server's ws:// URL. Cleanup closes both.
 func newProxy(t *testing.T, targets []string, opts ...Option) (*Proxy, string) {
 	t.Helper()
+	p, url, _ := newProxyServer(t, targets, opts...)
+	return p, url
+}
+
+// newProxyServer is newProxy that also hands over the server's side of the
+// first connections it accepts (as many as the channel holds), for tests
+// that watch the proxy's sockets.
+func newProxyServer(t *testing.T, targets []string, opts ...Option) (*Proxy, string, <-chan *net.TCPConn) {
+	t.Helper()
 	p, err := New(targets, opts...)
 	require.NoError(t, err)
-	s := httptest.NewServer(p)
+	s := httptest.NewUnstartedServer(p)
+	accepted := make(chan *net.TCPConn, 16)
+	s.Config.ConnState = func(c net.Conn, state http.ConnState) {
+		if tc, ok := c.(*net.TCPConn); ok && state == http.StateNew {
+			select {
+			case accepted <- tc:
+			default:
+			}
+		}
+	}
+	s.Start()
 	t.Cleanup(func() {
 		p.Close()
 		s.Close()
 	})
-	return p, "ws://" + s.Listener.Addr().String()
+	return p, "ws://" + s.Listener.Addr().String(), accepted
 }
 
 // dial opens a WebSocket through url, failing the test on error.
