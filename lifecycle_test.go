@@ -77,7 +77,7 @@ func TestIdleTimeoutBackendTraffic(t *testing.T) {
 			if c.WriteMessage(wsframe.OpText, []byte("news")) != nil {
 				return
 			}
-			time.Sleep(30 * time.Millisecond)
+			time.Sleep(30 * time.Millisecond) // the pacing under test: busy one way, below the idle timeout
 		}
 	})
 	_, url := newProxy(t, []string{backend}, WithIdleTimeout(150*time.Millisecond))
@@ -290,7 +290,7 @@ func TestKeepalive(t *testing.T) {
 			case wsframe.OpText:
 				echoes++
 			}
-			time.Sleep(5 * time.Millisecond)
+			time.Sleep(5 * time.Millisecond) // pacing: the proxy's pings come between the echoes
 		}
 		assert.Positive(t, pings, "the proxy pings the client")
 		assert.Equal(t, 1, pongs)
@@ -494,7 +494,10 @@ func closeWhileBlocked(t *testing.T, size int) {
 	var clientWritten atomic.Int64
 	go flood(c, &clientWritten)
 
-	// Wait until both floods stall: every buffer on the way is full.
+	// Wait until both floods stall: every buffer on the way is full. What
+	// shows it is that the counts stop growing, so the check needs a span
+	// of time; the kernel's "send buffer full" (waitSendQueueFull) would
+	// also be true of a proxy that is only slow to be scheduled.
 	stalled := func() bool {
 		a, b := clientWritten.Load(), backWritten.Load()
 		time.Sleep(200 * time.Millisecond)

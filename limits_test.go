@@ -161,7 +161,7 @@ func TestHandshakeRateRefill(t *testing.T) {
 		assert.ErrorIs(t, err, ErrRateLimited)
 		assert.Equal(t, "1", retryAfter(err))
 
-		time.Sleep(time.Second)
+		time.Sleep(time.Second) // synctest's clock: no real waiting
 		a, err := p.admit(req("192.0.2.1:1002"))
 		require.NoError(t, err, "a token came back after a second")
 		slots = append(slots, a)
