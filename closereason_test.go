@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	engine "github.com/wsproxy/wsproxy/internal/tunnel"
 	"github.com/wsproxy/wsproxy/internal/wsframe"
 	"github.com/wsproxy/wsproxy/internal/wstest"
 )
@@ -146,5 +147,23 @@ func TestCloseReasons(t *testing.T) {
 				t.Fatal("the tunnel did not close")
 			}
 		})
+	}
+}
+
+// TestEngineReasons: the reasons the engine ends a tunnel with are the
+// proxy's Reason constants, which users match on.
+func TestEngineReasons(t *testing.T) {
+	for engineReason, reason := range map[string]string{
+		engine.ReasonIdleTimeout:           ReasonIdleTimeout,
+		engine.ReasonMaxLifetime:           ReasonMaxLifetime,
+		engine.ReasonBackendNotResponding:  ReasonBackendNotResponding,
+		engine.ReasonClientNotResponding:   ReasonClientNotResponding,
+		engine.ReasonBackendConnectionLost: ReasonBackendConnectionLost,
+		engine.ReasonClientConnectionLost:  ReasonClientConnectionLost,
+		engine.ReasonHalfCloseTimeout:      ReasonHalfCloseTimeout,
+		engine.ReasonMessageTooBig:         ReasonMessageTooBig,
+		engine.ReasonProtocolError:         ReasonProtocolError,
+	} {
+		assert.Equal(t, reason, engineReason)
 	}
 }

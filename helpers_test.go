@@ -25,6 +25,7 @@ import (
 	"golang.org/x/net/http2"
 
 	"github.com/wsproxy/wsproxy/internal/leakcheck"
+	engine "github.com/wsproxy/wsproxy/internal/tunnel"
 	"github.com/wsproxy/wsproxy/internal/wsframe"
 	"github.com/wsproxy/wsproxy/internal/wstest"
 )
@@ -37,6 +38,15 @@ func TestMain(m *testing.M) {
 		parkAfter = d
 	}
 	leakcheck.Main(m)
+}
+
+// effectiveParkAfter is how long the proxies of the tests wait before their
+// pumps park.
+func effectiveParkAfter() time.Duration {
+	if parkAfter > 0 {
+		return parkAfter
+	}
+	return engine.DefaultParkAfter
 }
 
 // Go's HTTP/2 server accepts extended CONNECT only with GODEBUG=
@@ -175,11 +185,9 @@ func hungUpTunnels(p *Proxy) int {
 	defer p.mu.Unlock()
 	n := 0
 	for tn := range p.tunnels.all() {
-		tn.mu.Lock()
-		if tn.eofs > 0 && (tn.up.flags.has(fSrcClosed) || tn.down.flags.has(fSrcClosed)) {
+		if s := tn.State(); s.EOFs > 0 && (s.Up.CloseRead || s.Down.CloseRead) {
 			n++
 		}
-		tn.mu.Unlock()
 	}
 	return n
 }
@@ -190,9 +198,9 @@ func hungUpTunnels(p *Proxy) int {
 func closesQueued(p *Proxy) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	queued := func(pu *pump) bool { return pu.flags.has(fHasPending) || pu.flags.has(fSentClose) }
+	queued := func(s engine.PumpState) bool { return s.Queued || s.CloseSent }
 	for tn := range p.tunnels.all() {
-		if !queued(&tn.up) || !queued(&tn.down) {
+		if s := tn.State(); !queued(s.Up) || !queued(s.Down) {
 			return false
 		}
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	engine "github.com/wsproxy/wsproxy/internal/tunnel"
 	"github.com/wsproxy/wsproxy/internal/wsframe"
 	"github.com/wsproxy/wsproxy/internal/wstest"
 )
@@ -37,7 +38,7 @@ func hangUpWithTailPending(t *testing.T, opts ...Option) (*Proxy, *wstest.Conn, 
 		tail = wstest.AppendFrame(tail, wstest.Frame{Fin: true, Op: wsframe.OpBinary, Payload: hangUpMessage(i)}, false)
 	}
 	tail = wsframe.AppendControl(tail, wsframe.OpClose, wsframe.ClosePayload(4000, "done"), nil)
-	require.Less(t, len(tail), bufSize, "one read of the proxy's takes the whole tail")
+	require.Less(t, len(tail), engine.ReadSize, "one read of the proxy's takes the whole tail")
 	backend := upgradeBackend(t, func(c *wstest.Conn) {
 		if _, _, err := c.ReadMessage(); err != nil { // "go"
 			return
