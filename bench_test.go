@@ -15,14 +15,8 @@ import (
 	"github.com/wsproxy/wsproxy/internal/wstest"
 )
 
-// discardConn is a net.Conn whose writes vanish, for driving a pump
-// without sockets.
-type discardConn struct{ net.Conn }
-
-func (discardConn) Write(b []byte) (int, error) { return len(b), nil }
-func (discardConn) Close() error                { return nil }
-
 func benchRequest(b *testing.B) *http.Request {
+	b.Helper()
 	raw := string(wstest.Request("app.example", "/chat?room=1", wstest.NewKey(),
 		"Origin: http://app.example", "Cookie: session=abc", "User-Agent: bench",
 		"Sec-WebSocket-Protocol: chat.v1", "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits"))
@@ -73,6 +67,7 @@ func BenchmarkHandshakePath(b *testing.B) {
 // benchProxy runs an echo backend and a proxy in front of it on loopback
 // and returns the proxy's URL; the cleanup stops all three.
 func benchProxy(b *testing.B) string {
+	b.Helper()
 	backend := &http.Server{Handler: wstest.EchoHandler()}
 	bl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -132,31 +127,6 @@ func BenchmarkTunnelEcho(b *testing.B) {
 					b.Fatal(err)
 				}
 				if _, err := c.ReadFrame(); err != nil {
-					b.Fatal(err)
-				}
-			}
-		})
-	}
-}
-
-// BenchmarkFrameTracking runs a pump's frame tracking over a 32 KiB chunk
-// of masked client frames, as it comes off a socket.
-func BenchmarkFrameTracking(b *testing.B) {
-	for _, size := range []int{16, 128, 4096} {
-		b.Run(fmt.Sprintf("%dB-frames", size), func(b *testing.B) {
-			var stream []byte
-			for len(stream) < bufSize-wsframe.MaxHeaderLen-size {
-				stream = wstest.AppendFrame(stream, wstest.Frame{Fin: true, Op: wsframe.OpBinary, Payload: make([]byte, size)}, true)
-			}
-			p := &Proxy{}
-			tn := &tunnel{p: p, back: discardConn{}}
-			pu := &pump{t: tn, fromClient: true}
-			buf := make([]byte, bufHeadroom+bufSize)
-			b.SetBytes(int64(len(stream)))
-			b.ReportAllocs()
-			for b.Loop() {
-				n := copy(buf[bufHeadroom:], stream)
-				if err := pu.chunk(buf, n); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -2,7 +2,6 @@ package wsproxy
 
 import (
 	"context"
-	"io"
 	"net"
 	"slices"
 	"testing"
@@ -11,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	engine "github.com/wsproxy/wsproxy/internal/tunnel"
 	"github.com/wsproxy/wsproxy/internal/wsframe"
 	"github.com/wsproxy/wsproxy/internal/wstest"
 )
@@ -44,16 +44,6 @@ func TestCloseReasons(t *testing.T) {
 			if _, _, err := c.ReadMessage(); err == nil {
 				c.Conn.(*net.TCPConn).SetLinger(0)
 			}
-		})
-	}
-	// neverHalfCloses reads until the client's FIN and keeps its own half
-	// open.
-	neverHalfCloses := func(t *testing.T) string {
-		done := make(chan struct{})
-		t.Cleanup(func() { close(done) })
-		return upgradedBackend(t, nil, func(c *wstest.Conn) {
-			io.Copy(io.Discard, c.Conn)
-			<-done
 		})
 	}
 	silent := func(t *testing.T) string { return scriptedSilentBackend(t, nil) }
@@ -157,5 +147,23 @@ func TestCloseReasons(t *testing.T) {
 				t.Fatal("the tunnel did not close")
 			}
 		})
+	}
+}
+
+// TestEngineReasons: the reasons the engine ends a tunnel with are the
+// proxy's Reason constants, which users match on.
+func TestEngineReasons(t *testing.T) {
+	for engineReason, reason := range map[string]string{
+		engine.ReasonIdleTimeout:           ReasonIdleTimeout,
+		engine.ReasonMaxLifetime:           ReasonMaxLifetime,
+		engine.ReasonBackendNotResponding:  ReasonBackendNotResponding,
+		engine.ReasonClientNotResponding:   ReasonClientNotResponding,
+		engine.ReasonBackendConnectionLost: ReasonBackendConnectionLost,
+		engine.ReasonClientConnectionLost:  ReasonClientConnectionLost,
+		engine.ReasonHalfCloseTimeout:      ReasonHalfCloseTimeout,
+		engine.ReasonMessageTooBig:         ReasonMessageTooBig,
+		engine.ReasonProtocolError:         ReasonProtocolError,
+	} {
+		assert.Equal(t, reason, engineReason)
 	}
 }

@@ -330,6 +330,6 @@ func (p *Proxy) closeTunnelsTo(t *Target, reason string) {
 	}
 	p.mu.Unlock()
 	for _, tn := range open {
-		tn.politeClose(wsframe.CloseGoingAway, wsframe.CloseGoingAway, reason)
+		tn.Close(wsframe.CloseGoingAway, wsframe.CloseGoingAway, reason)
 	}
 }

@@ -90,7 +90,7 @@ func (p *Proxy) serveH2(w http.ResponseWriter, r *http.Request) {
 	if tn == nil {
 		return
 	}
-	<-tn.ending.done
+	<-tn.extra.done
 	client.handlerDone()
 }
 
@@ -136,9 +136,9 @@ func (p *Proxy) openH2(w http.ResponseWriter, r *http.Request, rc *http.Response
 	}
 	client = newH2Conn(w, r, rc)
 	tn = p.launch(r, client, nil, &up, slot, func(tn *tunnel) {
-		tn.endingLocked().done = make(chan struct{}) // the handler waits for the tunnel; not started yet, so no lock
+		tn.extraInfo().done = make(chan struct{}) // the handler waits for the tunnel
 		client.closeTimeout = p.cfg.closeTimeout
-		client.awaitingClose = tn.owesCloseAnswer
+		client.awaitingClose = tn.OwesCloseAnswer
 	})
 	return tn, client
 }

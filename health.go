@@ -418,10 +418,12 @@ func (p *Proxy) probe(ctx context.Context, t *Target, hc *HealthCheck) error {
 	// A polite goodbye: close frame, FIN, and a short wait for the peer's
 	// answer so the backend sees a clean close rather than a reset.
 	conn.SetDeadline(time.Now().Add(min(hc.Timeout, time.Second)))
-	if _, err := conn.Write(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(wsframe.CloseNormal, "health check"), newMask())); err != nil {
+	if _, err := conn.Write(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(wsframe.CloseNormal, "health check"), wsframe.NewMask())); err != nil {
 		return fmt.Errorf("wsproxy: health check close frame: %w", err)
 	}
-	closeWrite(conn)
+	if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
 	io.Copy(io.Discard, io.LimitReader(br, 1<<10))
 	return nil
 }

@@ -29,10 +29,10 @@ func TestBusyTunnelsParkWhenIdle(t *testing.T) {
 			require.Equal(t, "ping", string(got))
 		}
 	}
-	for end := time.Now().Add(3 * parkAfter); time.Now().Before(end); {
+	for end := time.Now().Add(3 * effectiveParkAfter()); time.Now().Before(end); {
 		echoAll()
 	}
-	require.Eventually(t, func() bool { return parkedTunnels(p) == n }, 2*time.Second+4*parkAfter, 5*time.Millisecond,
+	require.Eventually(t, func() bool { return parkedTunnels(p) == n }, 2*time.Second+4*effectiveParkAfter(), 5*time.Millisecond,
 		"every pump parks within 2*parkAfter of its last bytes")
 	echoAll()
 }
@@ -41,12 +41,9 @@ func TestBusyTunnelsParkWhenIdle(t *testing.T) {
 func parkedTunnels(p *Proxy) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	r := &theReactor
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	n := 0
 	for tn := range p.tunnels.all() {
-		if r.at(tn.up.token) == &tn.up && r.at(tn.down.token) == &tn.down {
+		if s := tn.State(); s.Up.Parked && s.Down.Parked {
 			n++
 		}
 	}

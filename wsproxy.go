@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	engine "github.com/wsproxy/wsproxy/internal/tunnel"
 )
 
 // Proxy is a WebSocket reverse proxy. It is an http.Handler; create it with
@@ -30,7 +32,8 @@ type Proxy struct {
 	state    proxyState
 	drained  chan struct{} // closed when nothing is open after Shutdown began
 
-	limits limiter // admission caps and rates (limits.go)
+	limits limiter       // admission caps and rates (limits.go)
+	engine engine.Config // what the tunnels obey, from cfg
 
 	warns  warnLimiter   // rate limits warnings (logging.go)
 	alerts alertCounters // refusals an operator must act on
@@ -92,6 +95,7 @@ func New(targets []string, opts ...Option) (*Proxy, error) {
 		p.log = slog.Default()
 	}
 	p.limits.cfg = &p.cfg
+	p.engine = engineConfig(&p.cfg)
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.indexSticky(set)
 	p.set.Store(set)
@@ -370,9 +374,9 @@ func (p *Proxy) launch(r *http.Request, client net.Conn, clientBuf []byte, up *u
 	if p.debug() {
 		p.log.Debug("wsproxy: tunnel open", "target", t.raw, "remote_addr", r.RemoteAddr, "path", r.URL.Path, "proto", r.Proto)
 	}
-	tn.start(clientBuf, backBuf)
+	tn.Start(clientBuf, backBuf)
 	if shuttingDown {
-		go tn.politeClose(1001, 1001, ReasonShutdown)
+		go tn.Close(1001, 1001, ReasonShutdown)
 	}
 	return tn
 }
@@ -573,7 +577,7 @@ func (p *Proxy) Shutdown(ctx context.Context) error {
 	p.mu.Unlock()
 
 	for _, tn := range open {
-		go tn.politeClose(1001, 1001, ReasonShutdown)
+		go tn.Close(1001, 1001, ReasonShutdown)
 	}
 	select {
 	case <-drained:
@@ -602,7 +606,7 @@ func (p *Proxy) Close() error {
 		p.http.tr.CloseIdleConnections()
 	}
 	for _, tn := range open {
-		tn.abort(ReasonShutdown)
+		tn.Abort(ReasonShutdown)
 	}
 	<-drained
 	return nil
@@ -659,7 +663,7 @@ func (p *Proxy) Stats() Stats {
 	s.ClientToBackend = Traffic{Bytes: p.closedUp.bytes.Load(), Messages: p.closedUp.messages.Load()}
 	s.BackendToClient = Traffic{Bytes: p.closedDown.bytes.Load(), Messages: p.closedDown.messages.Load()}
 	for tn := range p.tunnels.all() {
-		up, down := tn.up.traffic(), tn.down.traffic()
+		up, down := tn.traffic()
 		s.ClientToBackend.Bytes += up.Bytes
 		s.ClientToBackend.Messages += up.Messages
 		s.BackendToClient.Bytes += down.Bytes

@@ -8,6 +8,7 @@ package wsframe
 import (
 	"encoding/binary"
 	"errors"
+	"math/rand/v2"
 	"unicode/utf8"
 )
 
@@ -213,4 +214,11 @@ func ParseClose(payload []byte) (code uint16, reason string) {
 		return CloseNoStatus, ""
 	}
 	return binary.BigEndian.Uint16(payload), string(payload[2:])
+}
+
+// NewMask returns a random masking key for a frame a client sends.
+func NewMask() *[4]byte {
+	var m [4]byte
+	binary.LittleEndian.PutUint32(m[:], rand.Uint32())
+	return &m
 }

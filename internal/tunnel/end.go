@@ -1,8 +1,9 @@
-package wsproxy
+package tunnel
 
 import (
 	"errors"
 	"net"
+	"os"
 	"time"
 
 	"github.com/wsproxy/wsproxy/internal/wsframe"
@@ -15,7 +16,7 @@ import (
 //
 //	phase       event                                   next       actions
 //	----------  --------------------------------------  ---------  ----------------------------------------------
-//	open        evClose (politeClose)                   closing    arm the close timer (evTear); a close frame to
+//	open        evClose (Close)                         closing    arm the close timer (evTear); a close frame to
 //	                                                               each side, then evCloseFrames
 //	open,       evCloseFrames, and each side both sent  lingering  FIN both ways and read deadlines at the
 //	closing       and was sent a close frame                       linger's end; if a side hung up already,
@@ -28,7 +29,7 @@ import (
 //	any         evPeerGone (a pump's src broke)         same       record the reason; before torn, a close frame
 //	                                                               to the side still standing, bounded likewise
 //	< torn      evTear (close timer, half-close timer,  torn       record the reason and error; close both
-//	              errors, Proxy.Close)                             sockets, wake parked pumps
+//	              errors, Abort)                                    sockets, wake parked pumps
 //	any         evPumpEnd, the second one               done       tear down if not torn; finish
 //
 // Any other pair does nothing (evClose after open, evCloseFrames before the
@@ -42,13 +43,13 @@ import (
 // it wrote, holding its mu); nothing takes a pump's mu while holding tn.mu.
 // The actions run with tn.mu released; the only ones that may run under a
 // pump's mu are those of evCloseFrames, which never close a socket
-// synchronously. The proxy's and the reactor's locks are taken with no
-// tunnel lock held.
+// synchronously. The owner's and the reactor's locks are taken with no
+// tunnel lock held: the owner hears of the end (finish) unlocked.
 type phase uint32
 
 const (
 	phaseOpen      phase = iota // passing frames
-	phaseClosing                // the proxy sent close frames; the close timeout runs
+	phaseClosing                // the tunnel sent close frames; the close timeout runs
 	phaseLingering              // the close handshake is done; read deadlines run out the linger
 	phaseTorn                   // both sockets closed; the pumps are ending
 	phaseDone                   // both pumps ended and finish ran
@@ -58,7 +59,7 @@ const (
 type event uint8
 
 const (
-	evClose       event = iota // the proxy closes politely: a timer, a limit, Shutdown, a protocol error
+	evClose       event = iota // the tunnel closes politely: a timer, a protocol error, Close
 	evCloseFrames              // a close frame was written or read
 	evEOF                      // a pump's src ended cleanly
 	evPeerGone                 // a pump's src broke (a reset, not an orderly end)
@@ -70,7 +71,7 @@ const (
 type change struct {
 	ev                  event
 	p                   *pump  // evEOF, evPeerGone, evPumpEnd: the pump it is about
-	reason              string // evClose, evPeerGone, evTear: why the proxy ends the tunnel, a Reason constant
+	reason              string // evClose, evPeerGone, evTear: why the tunnel ends, a Reason constant or Close's reason
 	detail              string // evClose: free text about reason, sent in the close frames instead of it
 	err                 error  // evTear: what ended it
 	toClient, toBackend uint16 // evClose: the close codes
@@ -92,14 +93,14 @@ const (
 )
 
 // phase returns where the tunnel's end is.
-func (tn *tunnel) phase() phase { return phase(tn.ph.Load()) }
+func (tn *Tunnel) phase() phase { return phase(tn.ph.Load()) }
 
 // advance applies c to the tunnel's end and returns what to do after
 // unlocking. It is the only writer of tn.ph, tn.eofs and tn.running.
-func (tn *tunnel) advance(c change) actions {
+func (tn *Tunnel) advance(c change) actions {
 	tn.mu.Lock()
 	defer tn.mu.Unlock()
-	cfg := &tn.p.cfg
+	cfg := tn.cfg
 	ph := tn.phase()
 	switch c.ev {
 	case evClose:
@@ -109,7 +110,7 @@ func (tn *tunnel) advance(c change) actions {
 		tn.ph.Store(uint32(phaseClosing))
 		e := tn.endingLocked()
 		e.reason, e.detail = c.reason, c.detail
-		tn.addTimer(time.AfterFunc(cfg.closeTimeout, func() { tn.teardown(nil) }))
+		tn.addTimer(time.AfterFunc(cfg.CloseTimeout, func() { tn.teardown(nil) }))
 		return actSendClose
 	case evCloseFrames:
 		if ph > phaseClosing || !tn.closeHandshakeDone() {
@@ -122,8 +123,8 @@ func (tn *tunnel) advance(c change) actions {
 		return actLinger | actWake
 	case evEOF:
 		tn.eofs++
-		if tn.eofs == 1 && cfg.halfCloseTimeout > 0 && ph < phaseTorn {
-			tn.addTimer(time.AfterFunc(cfg.halfCloseTimeout, func() {
+		if tn.eofs == 1 && cfg.HalfCloseTimeout > 0 && ph < phaseTorn {
+			tn.addTimer(time.AfterFunc(cfg.HalfCloseTimeout, func() {
 				tn.end(change{ev: evTear, reason: ReasonHalfCloseTimeout})
 			}))
 		}
@@ -159,7 +160,7 @@ func (tn *tunnel) advance(c change) actions {
 
 // tearLocked moves the tunnel to torn, keeping err as what ended it unless
 // an error came first. Once torn it does nothing. tn.mu is held.
-func (tn *tunnel) tearLocked(err error) actions {
+func (tn *Tunnel) tearLocked(err error) actions {
 	if tn.phase() >= phaseTorn {
 		return 0
 	}
@@ -172,7 +173,7 @@ func (tn *tunnel) tearLocked(err error) actions {
 
 // end applies c to the tunnel's end and runs the actions advance returns,
 // in the order the table lists them.
-func (tn *tunnel) end(c change) {
+func (tn *Tunnel) end(c change) {
 	a := tn.advance(c)
 	if a&actShutDst != 0 {
 		c.p.shutDst()
@@ -183,14 +184,14 @@ func (tn *tunnel) end(c change) {
 			text = c.detail
 		}
 		tn.down.inject(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(c.toClient, text), nil), true)
-		tn.up.inject(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(c.toBackend, text), newMask()), true)
+		tn.up.inject(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(c.toBackend, text), wsframe.NewMask()), true)
 		tn.end(change{ev: evCloseFrames})
 	}
 	if a&actLinger != 0 {
 		// Nothing may follow the close frames: FIN both ways, and wait a
 		// little for the peers' own FIN, which avoids the reset (and lost
 		// close frame) that closing with unread bytes causes.
-		deadline := time.Now().Add(tn.p.cfg.closeTimeout)
+		deadline := time.Now().Add(tn.cfg.CloseTimeout)
 		tn.up.shutDst()
 		tn.down.shutDst()
 		tn.client.SetReadDeadline(deadline)
@@ -207,7 +208,7 @@ func (tn *tunnel) end(c change) {
 		tn.down.wake()
 	}
 	if a&actBoundWrite != 0 {
-		c.p.src().SetWriteDeadline(time.Now().Add(tn.p.cfg.closeTimeout))
+		c.p.src().SetWriteDeadline(time.Now().Add(tn.cfg.CloseTimeout))
 	}
 	if a&actTellPeer != 0 {
 		c.p.tellPeerGone(c.reason)
@@ -217,16 +218,17 @@ func (tn *tunnel) end(c change) {
 	}
 }
 
-// politeClose sends a close frame to each side, at a frame boundary, and
-// gives the peers the close timeout to answer before the sockets are
-// closed. The first call wins; later ones do nothing.
-func (tn *tunnel) politeClose(toClient, toBackend uint16, reason string) {
-	tn.politeCloseDetail(toClient, toBackend, reason, "")
+// Close sends a close frame to each side, at a frame boundary, with the
+// codes given and reason as its text, and gives the peers the close
+// timeout to answer before the sockets are closed. Result.Reason is then
+// reason. The first call wins; later ones do nothing.
+func (tn *Tunnel) Close(toClient, toBackend uint16, reason string) {
+	tn.closeDetail(toClient, toBackend, reason, "")
 }
 
-// politeCloseDetail is politeClose with free text about the reason, which
-// the close frames carry instead of the reason.
-func (tn *tunnel) politeCloseDetail(toClient, toBackend uint16, reason, detail string) {
+// closeDetail is Close with free text about the reason, which the close
+// frames carry instead of the reason.
+func (tn *Tunnel) closeDetail(toClient, toBackend uint16, reason, detail string) {
 	tn.end(change{ev: evClose, toClient: toClient, toBackend: toBackend, reason: reason, detail: detail})
 }
 
@@ -234,29 +236,30 @@ func (tn *tunnel) politeCloseDetail(toClient, toBackend uint16, reason, detail s
 // The pumps then end, and the last one to end finishes the tunnel. It is
 // safe to call any number of times from anywhere but inside a pump's read
 // (see actTearLater).
-func (tn *tunnel) teardown(err error) { tn.end(change{ev: evTear, err: err}) }
+func (tn *Tunnel) teardown(err error) { tn.end(change{ev: evTear, err: err}) }
 
-// abort closes both connections now, recording reason as why.
-func (tn *tunnel) abort(reason string) { tn.end(change{ev: evTear, reason: reason}) }
+// Abort closes both connections now, without close frames, recording
+// reason as why.
+func (tn *Tunnel) Abort(reason string) { tn.end(change{ev: evTear, reason: reason}) }
 
 // closeHandshakeDone reports whether each side sent a close frame and was
 // sent one: read is not enough, a close frame read may still be on its way
 // out, behind the last messages before it.
-func (tn *tunnel) closeHandshakeDone() bool {
+func (tn *Tunnel) closeHandshakeDone() bool {
 	const both = fSrcClosed | fSentClose
 	return tn.up.flags.v.Load()&both == both && tn.down.flags.v.Load()&both == both
 }
 
-// owesCloseAnswer reports whether the client was sent a close frame and
+// OwesCloseAnswer reports whether the client was sent a close frame and
 // has not answered it yet.
-func (tn *tunnel) owesCloseAnswer() bool {
+func (tn *Tunnel) OwesCloseAnswer() bool {
 	return tn.down.flags.has(fSentClose) && !tn.up.flags.has(fSrcClosed)
 }
 
 // endingPolitely reports whether a close handshake is under way, started
-// by the proxy or by both peers: a read deadline then ends the tunnel
+// by the tunnel or by both peers: a read deadline then ends the tunnel
 // without an error.
-func (tn *tunnel) endingPolitely() bool {
+func (tn *Tunnel) endingPolitely() bool {
 	return tn.phase() >= phaseClosing || (tn.up.flags.has(fSrcClosed) && tn.down.flags.has(fSrcClosed))
 }
 
@@ -265,7 +268,7 @@ func (tn *tunnel) endingPolitely() bool {
 // Close waits for a socket's users. Closing the client wakes whatever waits
 // on it, writes included; a write to the backend, by the pump whose read
 // lock that Close waits for, needs a deadline in the past first.
-func (tn *tunnel) closeSockets() {
+func (tn *Tunnel) closeSockets() {
 	if tn.up.parkable {
 		tn.back.SetDeadline(longAgo)
 	}
@@ -290,7 +293,7 @@ func closeWrite(c net.Conn) {
 }
 
 // pumpDone is called by each pump as it ends, with nil for a clean EOF.
-func (tn *tunnel) pumpDone(p *pump, err error) {
+func (tn *Tunnel) pumpDone(p *pump, err error) {
 	switch {
 	case err == nil:
 		tn.end(change{ev: evEOF, p: p})
@@ -320,10 +323,16 @@ func (p *pump) goneReason() string {
 // client vanished reads 1001. It happens at a frame boundary only, and
 // never waits longer than the close timeout.
 func (p *pump) tellPeerGone(reason string) {
-	code, mask := uint16(wsframe.CloseGoingAway), newMask()
+	code, mask := uint16(wsframe.CloseGoingAway), wsframe.NewMask()
 	if p == &p.t.down {
 		code, mask = wsframe.CloseInternalError, nil
 	}
-	p.dst().SetWriteDeadline(time.Now().Add(p.t.p.cfg.closeTimeout))
+	p.dst().SetWriteDeadline(time.Now().Add(p.t.cfg.CloseTimeout))
 	p.inject(wsframe.AppendControl(nil, wsframe.OpClose, wsframe.ClosePayload(code, reason), mask), true)
+}
+
+// isTimeout reports whether err is a deadline that ran out.
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, os.ErrDeadlineExceeded) || errors.As(err, &ne) && ne.Timeout()
 }

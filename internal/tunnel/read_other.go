@@ -1,6 +1,6 @@
 //go:build !linux
 
-package wsproxy
+package tunnel
 
 import "errors"
 

@@ -1,4 +1,4 @@
-package wsproxy
+package tunnel
 
 import (
 	"errors"
@@ -37,7 +37,7 @@ func (p *pump) loopSrc() error {
 
 // loopRaw is the loop of a pump that can park: the rawReader reads and
 // passes bytes without holding a buffer while it waits, and the pump parks
-// after parkAfter without bytes.
+// after Config.ParkAfter without bytes.
 func (p *pump) loopRaw(rr *rawReader) error {
 	for {
 		rr.deadline = p.armIdleDeadline(rr.deadline)
@@ -70,7 +70,7 @@ func (p *pump) loopRaw(rr *rawReader) error {
 
 var errParked = errors.New("pump parked")
 
-// armIdleDeadline keeps a read deadline parkAfter ahead, moving it only
+// armIdleDeadline keeps a read deadline Config.ParkAfter ahead, moving it only
 // when half of it is used up, so a busy pump rarely touches its timer. It
 // returns the deadline now set. During the close handshake the linger
 // deadline rules instead.
@@ -79,8 +79,8 @@ func (p *pump) armIdleDeadline(deadline int64) int64 {
 		return deadline
 	}
 	now := time.Now().UnixNano()
-	if deadline-now < int64(parkAfter/2) {
-		deadline = now + int64(parkAfter)
+	if deadline-now < int64(p.t.cfg.parkAfter()/2) {
+		deadline = now + int64(p.t.cfg.parkAfter())
 		p.src().SetReadDeadline(time.Unix(0, deadline))
 	}
 	return deadline

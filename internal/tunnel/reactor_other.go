@@ -1,6 +1,6 @@
 //go:build !linux
 
-package wsproxy
+package tunnel
 
 // Elsewhere than Linux there is no reactor: pumps wait in their goroutine.
 type reactor struct{}
@@ -9,3 +9,4 @@ var theReactor reactor
 
 func (*reactor) park(*pump) bool   { return false }
 func (*reactor) unpark(*pump) bool { return false }
+func (*reactor) holds(*pump) bool  { return false }

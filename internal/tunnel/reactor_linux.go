@@ -1,4 +1,4 @@
-package wsproxy
+package tunnel
 
 import (
 	"sync"
@@ -9,7 +9,7 @@ import (
 // parked pump's socket is registered, one-shot, with an epoll instance, and
 // when it becomes readable the reactor starts a new goroutine for the pump.
 // A busy pump never parks, so its bytes keep the direct path through Go's
-// netpoller; only a pump that found nothing to read for parkAfter (or a
+// netpoller; only a pump that found nothing to read for Config.ParkAfter (or a
 // new tunnel with nothing to read yet) pays one extra hop when bytes come.
 //
 // There is one reactor per process. It exists only while it has work: its
@@ -103,6 +103,13 @@ func (r *reactor) take(token uint32) *pump {
 		r.nparked--
 	}
 	return p
+}
+
+// holds reports whether p is parked here.
+func (r *reactor) holds(p *pump) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.at(p.token) == p
 }
 
 // unpark takes p out of the reactor if it is parked there, and reports
