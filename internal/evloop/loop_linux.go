@@ -100,8 +100,9 @@ const epollET = 1 << 31
 // Post runs f on the loop's goroutine soon, after the events being handled
 // now. Funcs posted from one goroutine run in the order posted. Post from a
 // handler or a posted func is fine; f then runs after the current round.
-// The error is only ever that a stopped loop could not start again (out of
-// descriptors, say).
+// Like a handler, f must not block. A timer is time.AfterFunc with a func
+// that posts: the loop keeps no timers of its own. The error is only ever
+// that a stopped loop could not start again (out of descriptors, say).
 func (l *Loop) Post(f func()) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
