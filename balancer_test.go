@@ -12,28 +12,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-
-	"github.com/wsproxy/wsproxy/internal/wsframe"
 )
-
-// openByTarget returns the open tunnels per target string.
-func openByTarget(p *Proxy) map[string]int {
-	m := make(map[string]int)
-	for _, ts := range p.Stats().Targets {
-		m[ts.Target] = ts.Open
-	}
-	return m
-}
-
-// echoOnce checks that a tunnel still carries a message both ways.
-func echoOnce(t *testing.T, url string, extra ...string) {
-	t.Helper()
-	c := dial(t, url, extra...)
-	require.NoError(t, c.WriteMessage(wsframe.OpText, []byte("hi")))
-	_, got, err := c.ReadMessage()
-	require.NoError(t, err)
-	assert.Equal(t, "hi", string(got))
-}
 
 // mustTargets parses target strings for policy tests that need no proxy.
 func mustTargets(t testing.TB, ss ...string) []*Target {

@@ -16,6 +16,7 @@ import (
 )
 
 func benchRequest(b *testing.B) *http.Request {
+	b.Helper()
 	raw := string(wstest.Request("app.example", "/chat?room=1", wstest.NewKey(),
 		"Origin: http://app.example", "Cookie: session=abc", "User-Agent: bench",
 		"Sec-WebSocket-Protocol: chat.v1", "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits"))
@@ -66,6 +67,7 @@ func BenchmarkHandshakePath(b *testing.B) {
 // benchProxy runs an echo backend and a proxy in front of it on loopback
 // and returns the proxy's URL; the cleanup stops all three.
 func benchProxy(b *testing.B) string {
+	b.Helper()
 	backend := &http.Server{Handler: wstest.EchoHandler()}
 	bl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

@@ -2,7 +2,6 @@ package wsproxy
 
 import (
 	"context"
-	"io"
 	"net"
 	"slices"
 	"testing"
@@ -45,16 +44,6 @@ func TestCloseReasons(t *testing.T) {
 			if _, _, err := c.ReadMessage(); err == nil {
 				c.Conn.(*net.TCPConn).SetLinger(0)
 			}
-		})
-	}
-	// neverHalfCloses reads until the client's FIN and keeps its own half
-	// open.
-	neverHalfCloses := func(t *testing.T) string {
-		done := make(chan struct{})
-		t.Cleanup(func() { close(done) })
-		return upgradedBackend(t, nil, func(c *wstest.Conn) {
-			io.Copy(io.Discard, c.Conn)
-			<-done
 		})
 	}
 	silent := func(t *testing.T) string { return scriptedSilentBackend(t, nil) }

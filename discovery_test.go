@@ -194,6 +194,8 @@ func TestSetTargetsUnderLoadLosesNoTunnel(t *testing.T) {
 				errs <- err
 			}
 			n++
+			// Pacing, not ordering: the swaps spread over the dials
+			// instead of starving them of the lock.
 			time.Sleep(200 * time.Microsecond)
 		}
 	}()

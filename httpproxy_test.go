@@ -308,24 +308,12 @@ func TestHTTPRefusesOtherUpgrades(t *testing.T) {
 // A backend that answers 101 to a plain request must not become a tunnel.
 func TestHTTPBackendSwitchingProtocolsUnasked(t *testing.T) {
 	t.Parallel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				http.ReadRequest(bufio.NewReader(c))
-				io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nRAW")
-				time.Sleep(100 * time.Millisecond)
-			}()
-		}
-	}()
-	p, u := newProxy(t, []string{"ws://" + ln.Addr().String()}, WithHTTP())
+	backend := rawBackend(t, func(c net.Conn) {
+		http.ReadRequest(bufio.NewReader(c))
+		io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nRAW")
+		io.Copy(io.Discard, c) // the connection stays open until the proxy drops it
+	})
+	p, u := newProxy(t, []string{backend}, WithHTTP())
 	resp, err := http.Get(httpURL(u) + "/")
 	require.NoError(t, err)
 	resp.Body.Close()
@@ -417,24 +405,15 @@ func TestHTTPFailover(t *testing.T) {
 	// resetter reads the request and resets the connection: the request
 	// was sent, and no response came.
 	resetter := func(t *testing.T) (string, *atomic.Int64) {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		require.NoError(t, err)
-		t.Cleanup(func() { ln.Close() })
+		t.Helper()
 		var got atomic.Int64
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
-					got.Add(1)
-				}
-				c.(*net.TCPConn).SetLinger(0)
-				c.Close()
+		url := rawBackend(t, func(c net.Conn) {
+			if _, err := http.ReadRequest(bufio.NewReader(c)); err == nil {
+				got.Add(1)
 			}
-		}()
-		return "ws://" + ln.Addr().String(), &got
+			c.(*net.TCPConn).SetLinger(0) // rawBackend's Close sends a reset
+		})
+		return url, &got
 	}
 	t.Run("sent idempotent request without body is retried", func(t *testing.T) {
 		bad, got := resetter(t)
@@ -469,7 +448,7 @@ func TestHTTPFailover(t *testing.T) {
 			w.(http.Flusher).Flush()
 			panic(http.ErrAbortHandler)
 		}))
-		_, u := newProxy(t, []string{breaks, live.url}, WithHTTP(), WithBalancer(&fixedOrder{}))
+		_, u := newProxy(t, []string{breaks, live.url}, WithHTTP(), WithBalancer(firstTarget{}))
 		before := live.requests()
 		assert.Error(t, readAll(httpURL(u)+"/"))
 		assert.Equal(t, int64(1), calls.Load())
@@ -488,18 +467,13 @@ func readAll(u string) error {
 	return err
 }
 
-// fixedOrder always picks the first candidate.
-type fixedOrder struct{}
-
-func (*fixedOrder) Pick(_ *http.Request, ts []*Target) *Target { return ts[0] }
-
 // One health for both kinds of traffic: an upgrade that failed takes the
 // target out for HTTP requests too, and the other way round.
 func TestHTTPSharesHealthWithUpgrades(t *testing.T) {
 	t.Parallel()
 	live := newSiteBackend(t, "live")
 	dead := "ws://" + refusingAddr(t)
-	p, u := newProxy(t, []string{dead, live.url}, WithHTTP(), WithBalancer(&fixedOrder{}))
+	p, u := newProxy(t, []string{dead, live.url}, WithHTTP(), WithBalancer(firstTarget{}))
 	c := dial(t, u+"/ws") // tries dead first, fails over
 	c.Close()
 	require.False(t, p.Stats().Targets[0].Healthy)
@@ -524,7 +498,7 @@ func TestHTTPMaxConnsAndDraining(t *testing.T) {
 		}
 	}))
 	other := newSiteBackend(t, "other")
-	p, u := newProxy(t, []string{holdURL + " max_conns=1", other.url}, WithHTTP(), WithBalancer(&fixedOrder{}),
+	p, u := newProxy(t, []string{holdURL + " max_conns=1", other.url}, WithHTTP(), WithBalancer(firstTarget{}),
 		WithDrainTimeout(100*time.Millisecond))
 	resp, err := http.Get(httpURL(u) + "/stream")
 	require.NoError(t, err)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -78,7 +77,7 @@ func TestIdleTimeoutBackendTraffic(t *testing.T) {
 			if c.WriteMessage(wsframe.OpText, []byte("news")) != nil {
 				return
 			}
-			time.Sleep(30 * time.Millisecond)
+			time.Sleep(30 * time.Millisecond) // the pacing under test: busy one way, below the idle timeout
 		}
 	})
 	_, url := newProxy(t, []string{backend}, WithIdleTimeout(150*time.Millisecond))
@@ -291,7 +290,7 @@ func TestKeepalive(t *testing.T) {
 			case wsframe.OpText:
 				echoes++
 			}
-			time.Sleep(5 * time.Millisecond)
+			time.Sleep(5 * time.Millisecond) // pacing: the proxy's pings come between the echoes
 		}
 		assert.Positive(t, pings, "the proxy pings the client")
 		assert.Equal(t, 1, pongs)
@@ -380,17 +379,7 @@ func TestStatsMatchOpenTunnels(t *testing.T) {
 
 func TestHalfCloseTimeout(t *testing.T) {
 	t.Parallel()
-	// A backend that never closes its side: after the client's FIN it
-	// keeps its own half open until the proxy cuts the tunnel.
-	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := wstest.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.Close()
-		io.Copy(io.Discard, c.Conn)
-		time.Sleep(time.Second)
-	}))
+	backend := neverHalfCloses(t)
 	hook, closed := closeInfoHook()
 	_, url := newProxy(t, []string{backend}, WithHalfCloseTimeout(100*time.Millisecond), hook)
 	c := dial(t, url)
@@ -441,15 +430,10 @@ func TestPeerResetIsReported(t *testing.T) {
 	t.Run("backend crashes", func(t *testing.T) {
 		t.Parallel()
 		crash := make(chan struct{})
-		backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			c, err := wstest.Upgrade(w, r, nil)
-			if err != nil {
-				return
-			}
+		backend := upgradeBackend(t, func(c *wstest.Conn) {
 			<-crash
-			c.Conn.(*net.TCPConn).SetLinger(0) // close with a reset
-			c.Close()
-		}))
+			c.Conn.(*net.TCPConn).SetLinger(0) // the fixture's Close sends a reset
+		})
 		_, url := newProxy(t, []string{backend})
 		c := dial(t, url)
 		close(crash)
@@ -487,6 +471,7 @@ func TestCloseWhileBothWaysBlocked(t *testing.T) {
 }
 
 func closeWhileBlocked(t *testing.T, size int) {
+	t.Helper()
 	release := make(chan struct{})
 	defer close(release)
 	flood := func(c *wstest.Conn, written *atomic.Int64) {
@@ -499,22 +484,20 @@ func closeWhileBlocked(t *testing.T, size int) {
 		}
 	}
 	var backWritten atomic.Int64
-	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := wstest.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	backend := upgradedBackend(t, nil, func(c *wstest.Conn) { // no deadline: it floods until released
 		go flood(c, &backWritten)
 		<-release
-	}))
+	})
 	p, url := newProxy(t, []string{backend})
 	c := dial(t, url)
 	c.SetDeadline(time.Time{})
 	var clientWritten atomic.Int64
 	go flood(c, &clientWritten)
 
-	// Wait until both floods stall: every buffer on the way is full.
+	// Wait until both floods stall: every buffer on the way is full. What
+	// shows it is that the counts stop growing, so the check needs a span
+	// of time; the kernel's "send buffer full" (waitSendQueueFull) would
+	// also be true of a proxy that is only slow to be scheduled.
 	stalled := func() bool {
 		a, b := clientWritten.Load(), backWritten.Load()
 		time.Sleep(200 * time.Millisecond)

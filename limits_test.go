@@ -1,7 +1,6 @@
 package wsproxy
 
 import (
-	"context"
 	"fmt"
 	"io"
 	"math"
@@ -21,38 +20,10 @@ import (
 	"github.com/wsproxy/wsproxy/internal/wstest"
 )
 
-// rejects returns an option that records every refusal's error, and the
-// channel they arrive on.
-func rejects() (Option, chan error) {
-	ch := make(chan error, 16)
-	return WithHooks(Hooks{OnReject: func(_ *http.Request, err error) {
-		select {
-		case ch <- err:
-		default:
-		}
-	}}), ch
-}
-
 // closes returns an option that signals each tunnel's end.
 func closes() (Option, chan struct{}) {
 	ch := make(chan struct{}, 16)
 	return WithHooks(Hooks{OnClose: func(CloseInfo) { ch <- struct{}{} }}), ch
-}
-
-// dialAs opens a WebSocket through url as client ip: the test's proxy
-// trusts loopback, so X-Forwarded-For names the client. It returns the
-// connection, which owner's cleanup closes, or the refusal's response.
-func dialAs(t, owner *testing.T, url, ip string) (*wstest.Conn, *http.Response) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	c, resp, err := wstest.Dial(ctx, url, nil, nil, "X-Forwarded-For: "+ip)
-	if err != nil {
-		require.NotNil(t, resp, "dial: %v", err)
-		return nil, resp
-	}
-	owner.Cleanup(func() { c.Close() })
-	return c, nil
 }
 
 var trustLoopback = WithTrustedProxies("127.0.0.0/8", "::1")
@@ -190,7 +161,7 @@ func TestHandshakeRateRefill(t *testing.T) {
 		assert.ErrorIs(t, err, ErrRateLimited)
 		assert.Equal(t, "1", retryAfter(err))
 
-		time.Sleep(time.Second)
+		time.Sleep(time.Second) // synctest's clock: no real waiting
 		a, err := p.admit(req("192.0.2.1:1002"))
 		require.NoError(t, err, "a token came back after a second")
 		slots = append(slots, a)

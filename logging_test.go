@@ -267,11 +267,6 @@ func TestBackendRefusalsWarnAndHealth(t *testing.T) {
 	}
 }
 
-// firstTarget is a Balancer that always takes the first candidate.
-type firstTarget struct{}
-
-func (firstTarget) Pick(_ *http.Request, ts []*Target) *Target { return ts[0] }
-
 // TestH2NotEndpointWarns: over HTTP/2 a 2xx answer becomes 502; it is
 // warned about and counted, and does not take the target out.
 func TestH2NotEndpointWarns(t *testing.T) {

@@ -15,6 +15,7 @@ import (
 // parts: head, then, once release is closed, tail. With tail empty it
 // closes the connection after head instead, cutting the body short.
 func refusalBackend(t *testing.T, header, head, tail string, release <-chan struct{}) string {
+	t.Helper()
 	return rawBackend(t, func(c net.Conn) {
 		if _, err := http.ReadRequest(bufio.NewReader(c)); err != nil {
 			return

@@ -5,10 +5,10 @@ package wsproxy
 
 import (
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -346,14 +346,14 @@ func TestSecurityNonMinimalControlFrame(t *testing.T) {
 		n, _ := io.ReadFull(c, b)
 		got <- b[:n]
 	})
-	_, url := newProxy(t, []string{backend})
+	_, url, accepted := newProxyServer(t, []string{backend})
 	c := dial(t, url)
 
 	// All but the last byte of the ping, then the rest: the proxy reads
 	// them apart and has to carry 138 bytes over.
 	_, err := c.Conn.Write(ping[:len(ping)-1])
 	require.NoError(t, err)
-	time.Sleep(20 * time.Millisecond)
+	waitReadByPeer(t, c.Conn.(*net.TCPConn), <-accepted)
 	_, err = c.Conn.Write(want[len(ping)-1:])
 	require.NoError(t, err)
 	assert.Equal(t, want, <-got)

@@ -7,7 +7,6 @@ import (
 	"context"
 	"io"
 	"net"
-	"net/http"
 	"net/http/httptest"
 	"syscall"
 	"testing"
@@ -40,24 +39,20 @@ func hangUpWithTailPending(t *testing.T, opts ...Option) (*Proxy, *wstest.Conn, 
 	}
 	tail = wsframe.AppendControl(tail, wsframe.OpClose, wsframe.ClosePayload(4000, "done"), nil)
 	require.Less(t, len(tail), engine.ReadSize, "one read of the proxy's takes the whole tail")
-	backend := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, err := wstest.Upgrade(w, r, nil)
-		if err != nil {
-			return
-		}
-		defer c.Close()
+	backend := upgradeBackend(t, func(c *wstest.Conn) {
 		if _, _, err := c.ReadMessage(); err != nil { // "go"
 			return
 		}
 		c.Conn.Write(tail)
 		io.Copy(io.Discard, c.Conn) // the client's close frame, then its FIN
-	}))
+	})
 	p, err := New([]string{backend}, opts...)
 	require.NoError(t, err)
 	// Small socket buffers between the proxy and the client, so that the
 	// tail cannot fit in them.
 	srv := httptest.NewUnstartedServer(p)
-	srv.Listener = smallBufferListener{srv.Listener}
+	accepted := make(chan *net.TCPConn, 1)
+	srv.Listener = smallBufferListener{srv.Listener, accepted}
 	srv.Start()
 	t.Cleanup(func() {
 		p.Close()
@@ -82,13 +77,14 @@ func hangUpWithTailPending(t *testing.T, opts ...Option) (*Proxy, *wstest.Conn, 
 	tc := conn.(*net.TCPConn)
 	require.NoError(t, c.WriteMessage(wsframe.OpBinary, []byte("go")))
 	// The first message here means the proxy read the tail and is writing
-	// it, close frame included (one write: see pump.process); it blocks
-	// soon. Then close and hang up without reading on.
+	// it, close frame included (one write: see pump.process). Once the
+	// proxy's socket to the client is full, that write waits for the client
+	// to read. Then close and hang up without reading on.
 	tc.SetReadDeadline(time.Now().Add(5 * time.Second))
 	_, msg, err := c.ReadMessage()
 	require.NoError(t, err)
 	require.Equal(t, hangUpMessage(0), msg)
-	time.Sleep(50 * time.Millisecond)
+	waitSendQueueFull(t, <-accepted, "the proxy's socket to the client never filled: the tail fits in the buffers")
 	require.NoError(t, c.WriteClose(4000, "done"))
 	require.NoError(t, tc.CloseWrite())
 	return p, c, tc
@@ -134,14 +130,22 @@ func TestHangUpWithoutReading(t *testing.T) {
 	}
 }
 
-// smallBufferListener gives accepted connections 4 KiB socket buffers.
-type smallBufferListener struct{ net.Listener }
+// smallBufferListener gives accepted connections 4 KiB socket buffers and
+// sends them on accepted while it has room.
+type smallBufferListener struct {
+	net.Listener
+	accepted chan<- *net.TCPConn
+}
 
 func (l smallBufferListener) Accept() (net.Conn, error) {
 	c, err := l.Listener.Accept()
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetReadBuffer(4 << 10)
 		tc.SetWriteBuffer(4 << 10)
+		select {
+		case l.accepted <- tc:
+		default:
+		}
 	}
 	return c, err
 }

@@ -21,16 +21,6 @@ import (
 	"github.com/wsproxy/wsproxy/internal/wstest"
 )
 
-// countingBackend is an echo backend that counts the requests it sees.
-func countingBackend(t *testing.T) (string, *atomic.Int64) {
-	var n atomic.Int64
-	url := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		n.Add(1)
-		wstest.EchoHandler().ServeHTTP(w, r)
-	}))
-	return url, &n
-}
-
 func TestClientRequestChecks(t *testing.T) {
 	t.Parallel()
 	backend, hits := countingBackend(t)
@@ -212,16 +202,6 @@ func TestNewValidation(t *testing.T) {
 	})
 }
 
-// headerBackend records the request headers and request URI it got.
-func headerBackend(t *testing.T) (string, chan *http.Request) {
-	got := make(chan *http.Request, 4)
-	url := newBackend(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got <- r
-		wstest.EchoHandler().ServeHTTP(w, r)
-	}))
-	return url, got
-}
-
 func TestBackendHeaders(t *testing.T) {
 	t.Parallel()
 	backend, got := headerBackend(t)
@@ -331,6 +311,7 @@ func TestRewrite(t *testing.T) {
 // scriptedBackend answers the upgrade with a fixed response built from the
 // request's key, then keeps reading: it records whatever arrives after.
 func scriptedBackend(t *testing.T, respond func(key string) string) (string, chan string) {
+	t.Helper()
 	after := make(chan string, 1)
 	url := rawBackend(t, func(c net.Conn) {
 		br := bufio.NewReader(c)
@@ -346,28 +327,6 @@ func scriptedBackend(t *testing.T, respond func(key string) string) (string, cha
 		}
 	})
 	return url, after
-}
-
-// rawBackend accepts TCP connections on loopback and hands each to handle,
-// which has 5 seconds; it returns the ws:// URL.
-func rawBackend(t *testing.T, handle func(c net.Conn)) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(5 * time.Second))
-				handle(c)
-			}()
-		}
-	}()
-	return "ws://" + ln.Addr().String()
 }
 
 func TestBackendResponses(t *testing.T) {

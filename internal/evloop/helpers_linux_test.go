@@ -1,7 +1,6 @@
 package evloop
 
 import (
-	"errors"
 	"io"
 	"net"
 	"sync"
@@ -111,8 +110,6 @@ func waitFor(d time.Duration, cond func() bool) bool {
 	return true
 }
 
-// isClosed reports whether err says the connection is gone, as seen by
-// either end of a relay being torn down.
-func isClosed(err error) bool {
-	return errors.Is(err, net.ErrClosed) || errors.Is(err, io.EOF)
-}
+// testTimeout bounds every blocking step of a test, so that a bug shows as
+// a failure rather than a hang.
+const testTimeout = 30 * time.Second

@@ -100,13 +100,17 @@ const epollET = 1 << 31
 // Post runs f on the loop's goroutine soon, after the events being handled
 // now. Funcs posted from one goroutine run in the order posted. Post from a
 // handler or a posted func is fine; f then runs after the current round.
-// The error is only ever that a stopped loop could not start again (out of
-// descriptors, say).
+// Like a handler, f must not block. A timer is time.AfterFunc with a func
+// that posts: the loop keeps no timers of its own. The error is only ever
+// that a stopped loop could not start again (out of descriptors, say).
 func (l *Loop) Post(f func()) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if _, err := l.startLocked(); err != nil {
 		return err
+	}
+	if l.load.Load() == 0 {
+		l.idleSince = time.Now() // a loop used for posts alone lingers from the last
 	}
 	l.enqueueLocked(task{f: f})
 	return nil
@@ -172,35 +176,41 @@ func (l *Loop) lookupLocked(slot, gen uint32) *Reg {
 // once it has been idle for linger, when the goroutine checks again and
 // stops if it still is.
 func (l *Loop) lingerLocked() {
-	d := l.linger
-	if d == 0 {
-		d = defaultLinger
-	}
 	l.idleSince = time.Now()
 	if l.idle == nil {
-		l.idle = time.AfterFunc(d, l.idleCheck)
+		l.idle = time.AfterFunc(l.lingerFor(), l.idleCheck)
 		return
 	}
-	l.idle.Reset(d)
+	l.idle.Reset(l.lingerFor())
 }
 
+func (l *Loop) lingerFor() time.Duration {
+	if l.linger == 0 {
+		return defaultLinger
+	}
+	return l.linger
+}
+
+// idleCheck runs on the timer's goroutine. A loop that was busy again
+// meanwhile (posts count, registrations re-arm the timer when they end)
+// is given the rest of its linger.
 func (l *Loop) idleCheck() {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.run != nil && l.load.Load() == 0 {
-		l.wakeLocked()
+	if l.run == nil || l.load.Load() != 0 {
+		return
 	}
+	if left := l.lingerFor() - time.Since(l.idleSince); left > 0 {
+		l.idle.Reset(left)
+		return
+	}
+	l.wakeLocked() // the goroutine's settle sees it expired and stops
 }
 
-// expiredLocked reports whether the loop has had nothing registered for
-// linger. A timer firing early (one Reset after it had fired) finds it
-// false and the later timer tries again.
+// expiredLocked reports whether the loop has had nothing registered and
+// nothing posted for linger.
 func (l *Loop) expiredLocked() bool {
-	d := l.linger
-	if d == 0 {
-		d = defaultLinger
-	}
-	return l.load.Load() == 0 && time.Since(l.idleSince) >= d
+	return l.load.Load() == 0 && time.Since(l.idleSince) >= l.lingerFor()
 }
 
 // startLocked returns the running poller, starting one if the loop is

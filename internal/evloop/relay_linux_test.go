@@ -1,13 +1,17 @@
 package evloop
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"io"
+	"math/rand/v2"
 	"net"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -256,6 +260,7 @@ func TestRelayHalfClose(t *testing.T) {
 	c, err := net.Dial("tcp", r.addr)
 	require.NoError(t, err)
 	defer c.Close()
+	require.NoError(t, c.SetDeadline(time.Now().Add(testTimeout)))
 	_, err = c.Write([]byte("question"))
 	require.NoError(t, err)
 	require.NoError(t, c.(*net.TCPConn).CloseWrite())
@@ -263,4 +268,135 @@ func TestRelayHalfClose(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, "answer after your end", string(got))
 	assert.Zero(t, r.stats.errs.Load())
+}
+
+func TestRelayEchoManyConns(t *testing.T) {
+	t.Parallel()
+	g, err := NewGroup(2) // more than one loop even on a small machine
+	require.NoError(t, err)
+	r := startRelay(t, g, echoBackend(t))
+	const conns = 50
+	results := make([]echoResult, conns)
+	var wg sync.WaitGroup
+	for i := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			results[i] = echoThrough(r.addr, uint64(i), 64<<10+i*(16<<10))
+		}()
+	}
+	wg.Wait()
+	for i, res := range results {
+		if assert.NoError(t, res.err, "conn %d", i) {
+			assert.Equal(t, res.sent, res.got, "conn %d: echoed bytes differ", i)
+		}
+	}
+	assert.Zero(t, r.stats.errs.Load())
+}
+
+// echoResult is one connection's run through an echo: a digest of what it
+// sent and of what came back, with the counts.
+type echoResult struct {
+	sent, got digest
+	err       error
+}
+
+type digest struct {
+	n   int64
+	sum [sha256.Size]byte
+}
+
+// echoThrough writes size seeded random bytes to addr in chunks of random
+// sizes, half-closes, and reads everything that comes back until EOF, at
+// the same time: a client that writes faster than it reads makes every
+// buffer on the way fill and drain.
+func echoThrough(addr string, seed uint64, size int) echoResult {
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		return echoResult{err: err}
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(testTimeout))
+	var res echoResult
+	var werr error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		res.sent, werr = writeRandom(c.(*net.TCPConn), seed, size)
+	}()
+	res.got, res.err = readDigest(c)
+	<-done
+	if res.err == nil {
+		res.err = werr
+	}
+	return res
+}
+
+// writeRandom writes size bytes from a seeded generator in chunks of 1 to
+// 64 KiB, then shuts down writing.
+func writeRandom(c *net.TCPConn, seed uint64, size int) (digest, error) {
+	var key [32]byte
+	binary.LittleEndian.PutUint64(key[:], seed)
+	src := rand.NewChaCha8(key)
+	rng := rand.New(src)
+	h := sha256.New()
+	buf := make([]byte, 64<<10)
+	left := size
+	for left > 0 {
+		chunk := buf[:min(left, 1+rng.IntN(len(buf)))]
+		src.Read(chunk)
+		h.Write(chunk)
+		if _, err := c.Write(chunk); err != nil {
+			return digest{}, err
+		}
+		left -= len(chunk)
+	}
+	d := digest{n: int64(size)}
+	h.Sum(d.sum[:0])
+	return d, c.CloseWrite()
+}
+
+// readDigest reads r to EOF and digests what came.
+func readDigest(r io.Reader) (digest, error) {
+	h := sha256.New()
+	n, err := io.Copy(h, r)
+	d := digest{n: n}
+	h.Sum(d.sum[:0])
+	return d, err
+}
+
+func TestRelayBackPressure(t *testing.T) {
+	t.Parallel()
+	g, err := NewGroup(1)
+	require.NoError(t, err)
+	// The backend reads nothing until the relay has found it full, so the
+	// relay must stop reading the client and, once the backend reads,
+	// resume; what the backend finally reads must be every byte in order.
+	full := make(chan struct{})
+	var once sync.Once
+	received := make(chan echoResult, 1)
+	backend := serve(t, func(c *net.TCPConn) {
+		select {
+		case <-full:
+		case <-time.After(testTimeout):
+		}
+		d, err := readDigest(c)
+		received <- echoResult{got: d, err: err}
+	})
+	r := startRelay(t, g, backend)
+	r.stats.onStall = func() { once.Do(func() { close(full) }) }
+
+	c, err := net.Dial("tcp", r.addr)
+	require.NoError(t, err)
+	defer c.Close()
+	require.NoError(t, c.SetDeadline(time.Now().Add(testTimeout)))
+	// More than the kernel buffers of both hops hold (a few MB here:
+	// the receive buffer of a socket nobody reads does not grow).
+	sent, err := writeRandom(c.(*net.TCPConn), 7, 16<<20)
+	require.NoError(t, err)
+	res := <-received
+	require.NoError(t, res.err)
+	assert.Equal(t, sent, res.got, "bytes lost, added or reordered")
+	assert.Positive(t, r.stats.stalls.Load(), "the relay never found the backend full")
+	assert.Equal(t, r.stats.stalls.Load(), r.stats.resumes.Load(), "every stall ends in a resume")
 }

@@ -116,7 +116,7 @@ type Traffic struct {
 	CloseCode int   // of the close frame the sending side sent: 1005 if it had no code, 0 if it sent none
 }
 
-// Why the tunnel ended a tunnel itself, as Result.Reason.
+// The reasons a tunnel ends itself with, as Result.Reason.
 const (
 	ReasonIdleTimeout           = "idle timeout"
 	ReasonMaxLifetime           = "max lifetime"
