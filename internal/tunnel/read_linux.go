@@ -3,7 +3,6 @@ package tunnel
 import (
 	"crypto/tls"
 	"errors"
-	"io"
 	"net"
 	"os"
 	"syscall"
@@ -67,62 +66,6 @@ func (p *pump) loopRaw(rr *rawReader) error {
 			if err := p.splice(); err != nil {
 				return err
 			}
-		}
-	}
-}
-
-// loopTLS is the loop of a pump whose source is TLS over TCP. It waits in
-// tls.Conn.Read holding its buffer, as crypto/tls has no way to wait
-// without one, but only until a read deadline that is kept Config.ParkAfter
-// ahead; when a Read ends in that deadline, the pump gives its buffer back
-// and parks on the TCP socket's readability.
-//
-// That is safe because a Read that ends in a timeout leaves no whole record
-// inside the tls.Conn (Go 1.25 and 1.26, crypto/tls/conn.go):
-//
-//   - Conn.Read returns c.input, the plaintext of the last record, before
-//     it reads anything, and calls readRecord only while c.input is empty.
-//     One record's plaintext is at most 16 KiB (maxPlaintext, checked in
-//     readRecordOrCCS), so our 32 KiB read always empties c.input.
-//   - readRecordOrCCS takes each record from c.rawInput through
-//     readFromUntil, which touches the socket only when c.rawInput holds
-//     less than the header or the whole record. Records are in order, so a
-//     socket read (the only place a deadline can strike) means no whole
-//     record is buffered; the bytes of the partial one stay in c.rawInput
-//     (bytes.Buffer.ReadFrom keeps what it read), and the rest of it must
-//     still arrive on the socket, which makes it readable. Dropped records
-//     (retryReadRecord) and the close_notify look-ahead at the end of Read
-//     (which can return n > 0 with the timeout) read the same way.
-//   - The timeout is not sticky: readRecordOrCCS records an error in
-//     c.in.setErrorLocked only if it is not a temporary net.Error, and a
-//     deadline's *net.OpError wraps poll.DeadlineExceededError, which is
-//     temporary. The next Read goes on where this one stopped.
-//   - TLS 1.3 post-handshake messages (handlePostHandshakeMessage: session
-//     tickets, KeyUpdate) are handled from whole messages in c.hand; one
-//     cut off by the timeout waits in c.hand for records still to arrive
-//     on the socket. None needs an answer from the peer inside Read.
-//   - Up to TLS 1.2, handleRenegotiation runs a whole handshake inside Read
-//     on a client connection that allows it, and a deadline would break
-//     it: such sources do not park (parksOn).
-func (p *pump) loopTLS() error {
-	var deadline int64
-	for {
-		deadline = p.armIdleDeadline(deadline)
-		rerr, err := p.readChunk()
-		switch {
-		case err != nil:
-			return err
-		case rerr == nil:
-		case errors.Is(rerr, os.ErrDeadlineExceeded):
-			deadline = 0
-			if err := p.idleDeadline(rerr); err != nil {
-				return err
-			}
-		case rerr == io.EOF:
-			return nil
-		default:
-			p.srcFailed = true
-			return rerr
 		}
 	}
 }

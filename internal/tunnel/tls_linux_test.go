@@ -425,3 +425,28 @@ func TestTLS12BackendDoesNotPark(t *testing.T) {
 	echoOnce(t, client, "tls 1.2")
 	endPolitely(t, client, res)
 }
+
+// TestTLSRecordSizes: records around the size of the buffer a TLS pump
+// waits in pass whole and at once, each sent to parked pumps: one that
+// fills it exactly (the drain finds nothing more and must not wait), one
+// byte more or less, and a message of many full records.
+func TestTLSRecordSizes(t *testing.T) {
+	t.Parallel()
+	tn, client, backend, res := newTLSLegs(t, nil, nil, 0).start(tlsConfig())
+	go wstest.Echo(backend)
+	// A masked client frame of payload n has a header of 8 bytes
+	// (126 < n < 64 KiB); the backend's echo has 4.
+	for _, size := range []int{tlsWaitSize - 8, tlsWaitSize - 4, tlsWaitSize - 9, tlsWaitSize - 7, 70 << 10} {
+		waitParked(t, tn)
+		msg := make([]byte, size)
+		for i := range msg {
+			msg[i] = byte(i * 7)
+		}
+		client.SetDeadline(time.Now().Add(5 * time.Second))
+		require.NoError(t, client.WriteMessage(wsframe.OpBinary, msg))
+		_, got, err := client.ReadMessage()
+		require.NoError(t, err)
+		assert.Equal(t, msg, got, "size %d", size)
+	}
+	endPolitely(t, client, res)
+}
