@@ -270,9 +270,11 @@ func (tn *Tunnel) endingPolitely() bool {
 // one socket while it holds the other's read lock (see rawReader), and
 // Close waits for a socket's users. Closing the client wakes whatever waits
 // on it, writes included; a write to the backend, by the pump whose read
-// lock that Close waits for, needs a deadline in the past first.
+// lock that Close waits for, needs a deadline in the past first. A TLS
+// client is read through tls.Conn.Read, which holds no lock of the socket
+// while the pump writes.
 func (tn *Tunnel) closeSockets() {
-	if tn.up.parkable {
+	if tn.up.parkable && !tn.up.srcTLS() {
 		tn.back.SetDeadline(longAgo)
 	}
 	tn.client.Close()

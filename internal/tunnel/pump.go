@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -31,8 +32,9 @@ type pump struct {
 	spliceOK   bool // plain TCP on both ends: large payloads can skip user space
 	midFrame   bool // the bytes written to dst end inside a frame; guarded by mu
 
-	// Idle parking (see reactor_linux.go): only plain TCP sources on Linux
-	// park; TLS, HTTP/2 streams and other systems wait in their goroutine.
+	// Idle parking (see reactor_linux.go): plain TCP sources and TLS over
+	// TCP park on Linux; HTTP/2 streams and other systems wait in their
+	// goroutine.
 	parkable bool
 	epGen    uint8  // the reactor generation the socket is registered with (wraps: a stale match costs a failed EPOLL_CTL_MOD)
 	token    uint32 // the reactor's name for the pump while parked
@@ -121,13 +123,22 @@ var bufPool = sync.Pool{New: func() any {
 
 var errProtocol = errors.New("websocket protocol error")
 
-// begin starts the pump: parked if it has nothing to do yet, so a fresh
-// idle tunnel never holds a goroutine.
+// begin starts the pump: a plain TCP source with nothing to pass yet
+// parks at once, so a fresh idle tunnel never holds a goroutine. A TLS
+// source reads first: crypto/tls may hold whole records it read from the
+// socket along with the handshake, which no readability of the socket
+// would announce (see loopTLS).
 func (p *pump) begin(initial []byte) {
-	if len(initial) == 0 && p.parkable && theReactor.park(p) {
+	if len(initial) == 0 && p.parkable && !p.srcTLS() && theReactor.park(p) {
 		return
 	}
 	go p.run(initial)
+}
+
+// srcTLS reports whether src is a TLS connection.
+func (p *pump) srcTLS() bool {
+	_, ok := p.src().(*tls.Conn)
+	return ok
 }
 
 // wake runs a parked pump now, because the tunnel is ending.
@@ -184,23 +195,16 @@ func (p *pump) passEarly(initial []byte) error {
 }
 
 // loopRead is the loop of a pump that waits in src's Read, holding its
-// buffer: TLS, HTTP/2 streams, and every source where pumps cannot park.
+// buffer: HTTP/2 streams, and every source where pumps cannot park.
 func (p *pump) loopRead() error {
 	for {
-		bp := bufPool.Get().(*[]byte)
-		n, rerr := p.src().Read((*bp)[bufHeadroom:])
-		var err error
-		if n > 0 {
-			err = p.chunk(*bp, n)
-		}
-		bufPool.Put(bp)
-		if err != nil {
+		rerr, err := p.readChunk()
+		switch {
+		case err != nil:
 			return err
-		}
-		if rerr == io.EOF {
+		case rerr == io.EOF:
 			return nil
-		}
-		if rerr != nil {
+		case rerr != nil:
 			p.srcFailed = true
 			return rerr
 		}
@@ -210,6 +214,19 @@ func (p *pump) loopRead() error {
 			}
 		}
 	}
+}
+
+// readChunk reads src once into a pooled buffer and passes what came
+// (chunk); the buffer goes back before it returns. rerr is the read's
+// error, err the error passing the bytes on.
+func (p *pump) readChunk() (rerr, err error) {
+	bp := bufPool.Get().(*[]byte)
+	n, rerr := p.src().Read((*bp)[bufHeadroom:])
+	if n > 0 {
+		err = p.chunk(*bp, n)
+	}
+	bufPool.Put(bp)
+	return rerr, err
 }
 
 // canSplice reports whether the rest of the current frame's payload should

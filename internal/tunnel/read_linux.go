@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"crypto/tls"
 	"errors"
 	"net"
 	"os"
@@ -12,9 +13,12 @@ import (
 // reactor here.
 const canPark = true
 
-// parkableConn returns the raw connection of a plain TCP socket, which the
-// pump waits on without a buffer and parks in the reactor, or nil.
+// parkableConn returns the raw connection of a TCP socket, plain or under
+// TLS, which the reactor watches for a parked pump, or nil.
 func parkableConn(c net.Conn) syscall.RawConn {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
 		return nil
@@ -27,12 +31,16 @@ func parkableConn(c net.Conn) syscall.RawConn {
 }
 
 // loopSrc passes what src sends: a plain TCP source waits without a buffer
-// and parks (loopRaw), others wait in Read.
+// and parks (loopRaw), a TLS one parks between reads (loopTLS), others wait
+// in Read.
 func (p *pump) loopSrc() error {
-	if p.parkable {
-		return p.loopRaw(newRawReader(p, parkableConn(p.src())))
+	switch {
+	case !p.parkable:
+		return p.loopRead()
+	case p.srcTLS():
+		return p.loopTLS()
 	}
-	return p.loopRead()
+	return p.loopRaw(newRawReader(p, parkableConn(p.src())))
 }
 
 // loopRaw is the loop of a pump that can park: the rawReader reads and
@@ -48,13 +56,7 @@ func (p *pump) loopRaw(rr *rawReader) error {
 			// passing bytes on: a write deadline that ran out, say, which
 			// ends the pump).
 			rr.deadline = 0
-			if p.tryPark() {
-				return errParked
-			}
-			// Only the linger deadline of a finished close handshake
-			// ends the pump; during a polite close the close timeout
-			// bounds the wait, so the idle deadline just moves on.
-			if p.t.phase() >= phaseLingering {
+			if err := p.idleDeadline(err); err != nil {
 				return err
 			}
 			continue
@@ -69,6 +71,22 @@ func (p *pump) loopRaw(rr *rawReader) error {
 			}
 		}
 	}
+}
+
+// idleDeadline handles src's read deadline running out: it returns
+// errParked when the pump parked, err when the deadline is the linger's
+// and ends the pump, and nil when the pump reads on. Only the linger
+// deadline of a finished close handshake ends the pump; during a polite
+// close the close timeout bounds the wait, so the idle deadline just moves
+// on.
+func (p *pump) idleDeadline(err error) error {
+	if p.tryPark() {
+		return errParked
+	}
+	if p.t.phase() >= phaseLingering {
+		return err
+	}
+	return nil
 }
 
 var errParked = errors.New("pump parked")

@@ -13,11 +13,12 @@
 // so that a tunnel costs one allocation.
 //
 // An idle tunnel holds no goroutine where the platform allows it: on Linux,
-// a plain TCP source with nothing to read parks in the reactor
-// (reactor_linux.go) without a buffer.
+// a TCP source, plain or under TLS, with nothing to read parks in the
+// reactor (reactor_linux.go) without a buffer.
 package tunnel
 
 import (
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -184,8 +185,8 @@ func (tn *Tunnel) Init(cfg *Config, owner Owner, client, back net.Conn) {
 	_, backTCP := back.(*net.TCPConn)
 	tn.up.spliceOK = clientTCP && backTCP
 	tn.down.spliceOK = tn.up.spliceOK
-	tn.up.parkable = canPark && clientTCP
-	tn.down.parkable = canPark && backTCP
+	tn.up.parkable = canPark && parksOn(client, false)
+	tn.down.parkable = canPark && parksOn(back, true)
 	if cfg.IdleTimeout > 0 || cfg.PingInterval > 0 {
 		tn.clock = &clock{pingID: rand.Uint32()}
 		now := time.Now().UnixNano()
@@ -196,6 +197,21 @@ func (tn *Tunnel) Init(cfg *Config, owner Owner, client, back net.Conn) {
 	if clientTCP && backTCP && cfg.wantsLoops() {
 		tn.moveToLoop()
 	}
+}
+
+// parksOn reports whether a pump reading c may park: c is TCP, plain or
+// under TLS, and no TLS renegotiation can run inside a read of it, which
+// happens up to TLS 1.2 on a connection we dialled (the client side of the
+// handshake) if its config allows it; see loopTLS.
+func parksOn(c net.Conn, dialled bool) bool {
+	if tc, ok := c.(*tls.Conn); ok {
+		if dialled && tc.ConnectionState().Version < tls.VersionTLS13 {
+			return false
+		}
+		c = tc.NetConn()
+	}
+	_, ok := c.(*net.TCPConn)
+	return ok
 }
 
 // Client returns the client's connection. Under the loop driver it is
