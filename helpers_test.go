@@ -122,24 +122,29 @@ func refusingAddr(t *testing.T) string {
 // and the server's ws:// URL. Cleanup closes both.
 func newProxy(t *testing.T, targets []string, opts ...Option) (*Proxy, string) {
 	t.Helper()
-	p, url, _ := newProxyServer(t, targets, opts...)
+	p, url, _ := startProxy(t, targets, false, opts...)
 	return p, url
 }
 
 // newProxyServer is newProxy that also hands over the server's side of the
 // first connections it accepts (as many as the channel holds), for tests
-// that watch the proxy's sockets.
+// that watch the proxy's sockets: each is the test's own descriptor of the
+// socket (watchCopy), which the test closes once it has watched.
 func newProxyServer(t *testing.T, targets []string, opts ...Option) (*Proxy, string, <-chan *net.TCPConn) {
+	t.Helper()
+	return startProxy(t, targets, true, opts...)
+}
+
+func startProxy(t *testing.T, targets []string, watch bool, opts ...Option) (*Proxy, string, <-chan *net.TCPConn) {
 	t.Helper()
 	p, err := New(targets, opts...)
 	require.NoError(t, err)
 	s := httptest.NewUnstartedServer(p)
 	accepted := make(chan *net.TCPConn, 16)
 	s.Config.ConnState = func(c net.Conn, state http.ConnState) {
-		if tc, ok := c.(*net.TCPConn); ok && state == http.StateNew {
-			select {
-			case accepted <- tc:
-			default:
+		if tc, ok := c.(*net.TCPConn); ok && watch && state == http.StateNew && len(accepted) < cap(accepted) {
+			if w := watchCopy(tc); w != nil {
+				accepted <- w
 			}
 		}
 	}

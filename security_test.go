@@ -353,7 +353,9 @@ func TestSecurityNonMinimalControlFrame(t *testing.T) {
 	// them apart and has to carry 138 bytes over.
 	_, err := c.Conn.Write(ping[:len(ping)-1])
 	require.NoError(t, err)
-	waitReadByPeer(t, c.Conn.(*net.TCPConn), <-accepted)
+	watched := <-accepted
+	waitReadByPeer(t, c.Conn.(*net.TCPConn), watched)
+	watched.Close()
 	_, err = c.Conn.Write(want[len(ping)-1:])
 	require.NoError(t, err)
 	assert.Equal(t, want, <-got)

@@ -55,6 +55,23 @@ func waitReadByPeer(t *testing.T, w, r *net.TCPConn) {
 	require.Eventually(t, taken, 5*time.Second, time.Millisecond, "the peer did not read what was sent")
 }
 
+// watchCopy returns a connection of the test's own on c's socket (a
+// duplicate descriptor), or nil: the tunnel engine's loop driver takes
+// the socket out of c and closes c, so a test watches its copy, and closes
+// it once it has watched (while it is open the socket is not closed).
+func watchCopy(c *net.TCPConn) *net.TCPConn {
+	f, err := c.File()
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	fc, err := net.FileConn(f)
+	if err != nil {
+		return nil
+	}
+	return fc.(*net.TCPConn)
+}
+
 func rawConn(t *testing.T, c *net.TCPConn) syscall.RawConn {
 	t.Helper()
 	rc, err := c.SyscallConn()

@@ -84,7 +84,9 @@ func hangUpWithTailPending(t *testing.T, opts ...Option) (*Proxy, *wstest.Conn, 
 	_, msg, err := c.ReadMessage()
 	require.NoError(t, err)
 	require.Equal(t, hangUpMessage(0), msg)
-	waitSendQueueFull(t, <-accepted, "the proxy's socket to the client never filled: the tail fits in the buffers")
+	watched := <-accepted
+	waitSendQueueFull(t, watched, "the proxy's socket to the client never filled: the tail fits in the buffers")
+	watched.Close()
 	require.NoError(t, c.WriteClose(4000, "done"))
 	require.NoError(t, tc.CloseWrite())
 	return p, c, tc
@@ -131,7 +133,7 @@ func TestHangUpWithoutReading(t *testing.T) {
 }
 
 // smallBufferListener gives accepted connections 4 KiB socket buffers and
-// sends them on accepted while it has room.
+// sends a watchCopy of them on accepted while it has room.
 type smallBufferListener struct {
 	net.Listener
 	accepted chan<- *net.TCPConn
@@ -142,9 +144,10 @@ func (l smallBufferListener) Accept() (net.Conn, error) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetReadBuffer(4 << 10)
 		tc.SetWriteBuffer(4 << 10)
-		select {
-		case l.accepted <- tc:
-		default:
+		if len(l.accepted) < cap(l.accepted) {
+			if w := watchCopy(tc); w != nil {
+				l.accepted <- w
+			}
 		}
 	}
 	return c, err
