@@ -118,10 +118,12 @@
 // the client or 1001 to the backend, where other proxies leave a bare TCP
 // close (1006).
 //
-// Idle tunnels are cheap: on Linux a tunnel with nothing to read holds no
-// goroutine and no buffer (its sockets wait in an epoll instance shared by
-// the process), and large payloads between plain TCP sockets move with
-// splice(2).
+// Tunnels are cheap: on Linux a tunnel between two plain TCP connections
+// lives in one of a few event loops (GOMAXPROCS/2, at least one), nginx's
+// model, and holds no goroutine, no buffer and no net.Conn of its own;
+// other tunnels (TLS, HTTP/2 streams) with nothing to read hold no
+// goroutine and no buffer either (their sockets wait in an epoll instance
+// shared by the process).
 //
 // # Timeouts
 //

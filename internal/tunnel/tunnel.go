@@ -12,9 +12,12 @@
 // and why it ended. The owner embeds the Tunnel in its own per-tunnel value,
 // so that a tunnel costs one allocation.
 //
-// An idle tunnel holds no goroutine where the platform allows it: on Linux,
-// a TCP source, plain or under TLS, with nothing to read parks in the
-// reactor (reactor_linux.go) without a buffer.
+// Two drivers move the bytes (Config.Driver). On Linux a tunnel between two
+// plain TCP connections lives in one of a few event loops (loop_linux.go,
+// on internal/evloop): no goroutine, no buffer and no net.Conn of its own.
+// Other tunnels get a goroutine per direction; where the platform allows
+// it, a TCP source (plain or under TLS) with nothing to read parks in the
+// reactor (reactor_linux.go) without a goroutine or a buffer.
 package tunnel
 
 import (
@@ -75,7 +78,7 @@ func (c *Config) wantsLoops() bool {
 }
 
 // loopsByDefault is what DriverAuto means on systems with event loops.
-const loopsByDefault = false
+const loopsByDefault = true
 
 // DefaultParkAfter is how long a pump waits for bytes in its goroutine
 // before it parks in the reactor. A busy tunnel never waits that long; a
