@@ -385,3 +385,24 @@ func TestLoopIdleTunnelsHoldNoGoroutine(t *testing.T) {
 		assert.Equal(t, "done", it.res.wait(t).Reason)
 	}
 }
+
+// TestLoopAddresses: the loop's sockets answer the addresses of the
+// connections they were taken out of.
+func TestLoopAddresses(t *testing.T) {
+	t.Parallel()
+	clientPeer, clientSide := tcpPair(t)
+	backSide, backendPeer := tcpPair(t)
+	want := clientSide.RemoteAddr().String()
+	wantLocal := clientSide.LocalAddr().String()
+	tn := new(Tunnel)
+	res := make(ends, 1)
+	tn.Init(loopConfig(Config{}), res, clientSide, backSide)
+	tn.Start(nil, nil)
+	socksOf(t, tn)
+	assert.Equal(t, clientPeer.LocalAddr().String(), tn.Client().RemoteAddr().String())
+	assert.Equal(t, want, tn.Client().RemoteAddr().String())
+	assert.Equal(t, wantLocal, tn.Client().LocalAddr().String())
+	assert.Equal(t, backendPeer.LocalAddr().String(), tn.back.RemoteAddr().String())
+	tn.Abort("done")
+	res.wait(t)
+}
