@@ -232,6 +232,12 @@ func (l *Loop) settle() verdict {
 		return stopNow
 	default:
 		l.parked = true
+		if l.load.Load() == 0 {
+			// The idle timer may have looked before a post moved
+			// idleSince, found the loop awake and let it be: it must
+			// look again once the linger from that post is over.
+			l.idle.Reset(l.lingerFor() - time.Since(l.idleSince))
+		}
 		return parkNow
 	}
 }
