@@ -519,3 +519,36 @@ func closeWhileBlocked(t *testing.T, size int) {
 	_, err := io.Copy(io.Discard, c.Conn)
 	assert.NotErrorIs(t, err, os.ErrDeadlineExceeded, "the client connection is closed")
 }
+
+// TestShutdownWaitsForOnClose: Shutdown returns only once the OnClose hook
+// of every tunnel it closed has returned, so that what a hook records (a
+// metric, an audit line) is there when Shutdown returns.
+func TestShutdownWaitsForOnClose(t *testing.T) {
+	t.Parallel()
+	entered, release := make(chan struct{}), make(chan struct{})
+	p, url := newProxy(t, []string{newEcho(t)}, WithHooks(Hooks{OnClose: func(CloseInfo) {
+		close(entered)
+		<-release
+	}}))
+	c := dial(t, url)
+	go c.ReadMessage() // answers the proxy's close frame
+	done := make(chan error, 1)
+	go func() { done <- p.Shutdown(context.Background()) }()
+	select {
+	case <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("OnClose was not called")
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned (%v) while OnClose was running", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	close(release)
+	select {
+	case err := <-done:
+		assert.NoError(t, err)
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return after OnClose")
+	}
+}

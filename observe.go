@@ -19,6 +19,8 @@ type Hooks struct {
 	// the backend's status).
 	OnReject func(r *http.Request, err error)
 	// OnClose is called once per tunnel, after both connections are closed.
+	// Proxy.Shutdown and Proxy.Close return only after it returned for every
+	// tunnel they closed, so it must not call them.
 	OnClose func(CloseInfo)
 	// OnRequest is called once per HTTP request proxied with WithHTTP, when
 	// its response was passed on or broke. Requests the proxy answered with

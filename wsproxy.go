@@ -29,6 +29,7 @@ type Proxy struct {
 	mu       sync.Mutex
 	tunnels  tunnelList
 	inflight int // handshakes in progress
+	telling  int // tunnels out of the registry whose OnClose has not returned
 	state    proxyState
 	drained  chan struct{} // closed when nothing is open after Shutdown began
 
@@ -518,12 +519,13 @@ func (p *Proxy) tunnelClosed(tn *tunnel, info CloseInfo) {
 	t.stats.msgsOut.Add(info.BackendToClient.Messages)
 	p.mu.Lock()
 	p.tunnels.remove(tn)
+	p.telling++
 	p.closedUp.bytes.Add(info.ClientToBackend.Bytes)
 	p.closedUp.messages.Add(info.ClientToBackend.Messages)
 	p.closedDown.bytes.Add(info.BackendToClient.Bytes)
 	p.closedDown.messages.Add(info.BackendToClient.Messages)
-	p.checkDrainedLocked()
 	p.mu.Unlock()
+	defer p.toldClosed()
 
 	if p.debug() {
 		attrs := []any{"target", info.Target, "remote_addr", info.RemoteAddr, "path", info.Path, "duration", info.Duration,
@@ -544,8 +546,17 @@ func (p *Proxy) tunnelClosed(tn *tunnel, info CloseInfo) {
 	}
 }
 
+// toldClosed notes that a closed tunnel's hooks returned: Shutdown and
+// Close return only after the OnClose of every tunnel they waited for.
+func (p *Proxy) toldClosed() {
+	p.mu.Lock()
+	p.telling--
+	p.checkDrainedLocked()
+	p.mu.Unlock()
+}
+
 func (p *Proxy) checkDrainedLocked() {
-	if p.state != running && p.inflight == 0 && p.tunnels.n == 0 && p.drained != nil {
+	if p.state != running && p.inflight == 0 && p.tunnels.n == 0 && p.telling == 0 && p.drained != nil {
 		select {
 		case <-p.drained:
 		default:
@@ -556,7 +567,7 @@ func (p *Proxy) checkDrainedLocked() {
 
 // Shutdown stops accepting upgrades (they get 503), sends every open tunnel
 // a close frame 1001 (going away) to both sides at a frame boundary, and
-// waits until every tunnel is closed. If ctx ends first, it closes the
+// waits until every tunnel is closed and its OnClose hook returned. If ctx ends first, it closes the
 // remaining tunnels at once and returns ctx.Err(). It may be called more
 // than once, and together with http.Server.Shutdown, which does not see
 // hijacked connections. HTTP requests (WithHTTP) are not tunnels: they go on
