@@ -120,10 +120,11 @@
 //
 // Tunnels are cheap: on Linux a tunnel between two plain TCP connections
 // lives in one of a few event loops (GOMAXPROCS/2, at least one), nginx's
-// model, and holds no goroutine, no buffer and no net.Conn of its own;
-// other tunnels (TLS, HTTP/2 streams) with nothing to read hold no
-// goroutine and no buffer either (their sockets wait in an epoll instance
-// shared by the process).
+// model, and holds no goroutine, no buffer and no net.Conn of its own; a
+// TLS tunnel over TCP with nothing to read holds no goroutine and no
+// buffer either (its socket waits in an epoll instance shared by the
+// process). HTTP/2 streams, and a TLS 1.2 connection the proxy dialled,
+// wait in a goroutine.
 //
 // # Timeouts
 //

@@ -425,13 +425,7 @@ func (s *sock) SetReadDeadline(t time.Time) error {
 		return net.ErrClosed
 	}
 	d := s.deadlinesLocked()
-	d.rgen++
-	stop(d.read)
-	d.read = nil
-	if !t.IsZero() {
-		gen := d.rgen
-		d.read = time.AfterFunc(time.Until(t), func() { s.onLoop(func() { s.readExpired(gen) }) })
-	}
+	s.rearm(&d.read, &d.rgen, t, s.readExpired)
 	return nil
 }
 
@@ -444,15 +438,25 @@ func (s *sock) SetWriteDeadline(t time.Time) error {
 		return net.ErrClosed
 	}
 	d := s.deadlinesLocked()
-	d.wgen++
-	stop(d.write)
-	d.write, d.writeBy = nil, 0
+	d.writeBy = 0
 	if !t.IsZero() {
-		gen := d.wgen
 		d.writeBy = t.UnixNano()
-		d.write = time.AfterFunc(time.Until(t), func() { s.onLoop(func() { s.writeExpired(gen) }) })
 	}
+	s.rearm(&d.write, &d.wgen, t, s.writeExpired)
 	return nil
+}
+
+// rearm replaces the deadline timer *tm with one that runs expired on the
+// loop at t (none for a zero t); gen counts the deadlines set, so that a
+// timer that fires late is known as stale. s.mu is held.
+func (s *sock) rearm(tm **time.Timer, gen *uint32, t time.Time, expired func(uint32)) {
+	*gen++
+	stop(*tm)
+	*tm = nil
+	if !t.IsZero() {
+		g := *gen
+		*tm = time.AfterFunc(time.Until(t), func() { s.onLoop(func() { expired(g) }) })
+	}
 }
 
 // SetDeadline sets both deadlines.

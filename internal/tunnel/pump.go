@@ -459,7 +459,7 @@ func (p *pump) writeLocked(frame []byte, isClose bool) {
 // follow it (fSentClose), and it has left the tunnel (fCloseOut) unless dst
 // holds it back. A socket of the loop driver takes what the kernel does not
 // into a backlog; the close frame is out once the backlog drained, and the
-// loop then sets fCloseOut and reports evCloseFrames (sock.drain). mu is
+// loop then sets fCloseOut and reports evCloseFrames (sock.flushBacklog). mu is
 // held.
 func (p *pump) sentClose() {
 	p.flags.set(fSentClose)
