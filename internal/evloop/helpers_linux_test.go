@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+	"github.com/wsproxy/wsproxy/internal/wstest"
 )
 
 // listen returns a loopback listener that the test closes.
@@ -19,29 +20,11 @@ func listen(t testing.TB) net.Listener {
 	return ln
 }
 
-// tcpPair returns the two ends of one loopback TCP connection; the test
-// closes both.
-func tcpPair(t testing.TB) (client, server *net.TCPConn) {
-	t.Helper()
-	ln := listen(t)
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept() // nil when the Dial below failed and the listener closed
-		accepted <- c
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	require.NoError(t, err)
-	s := <-accepted
-	require.NotNil(t, s)
-	t.Cleanup(func() { c.Close(); s.Close() })
-	return c.(*net.TCPConn), s.(*net.TCPConn)
-}
-
 // dupServer returns a loopback connection whose server end is a raw
 // descriptor (owned by the caller) and whose client end a net.Conn.
 func dupServer(t testing.TB) (*net.TCPConn, int) {
 	t.Helper()
-	c, s := tcpPair(t)
+	c, s := wstest.TCPPair(t)
 	fd, err := DupConn(s)
 	require.NoError(t, err)
 	s.Close()

@@ -8,13 +8,14 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/wsproxy/wsproxy/internal/wstest"
 )
 
 // The socket outlives its net.Conn through the descriptor DupConn gives,
 // which is non-blocking and not inherited by child processes.
 func TestDupConnKeepsTheSocketAfterClose(t *testing.T) {
 	t.Parallel()
-	c, s := tcpPair(t)
+	c, s := wstest.TCPPair(t)
 	fd, err := DupConn(s)
 	require.NoError(t, err)
 	defer syscall.Close(fd)
@@ -37,7 +38,7 @@ func TestDupConnKeepsTheSocketAfterClose(t *testing.T) {
 
 func TestDupConnOfAClosedConn(t *testing.T) {
 	t.Parallel()
-	_, s := tcpPair(t)
+	_, s := wstest.TCPPair(t)
 	require.NoError(t, s.Close())
 	fd, err := DupConn(s)
 	assert.Error(t, err)

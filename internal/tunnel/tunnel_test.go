@@ -2,7 +2,6 @@ package tunnel
 
 import (
 	"bufio"
-	"context"
 	"errors"
 	"net"
 	"os"
@@ -68,19 +67,7 @@ func tcpPair(t *testing.T) (net.Conn, net.Conn) {
 // by a listener from lc.
 func pairWith(t *testing.T, lc net.ListenConfig, d net.Dialer) (net.Conn, net.Conn) {
 	t.Helper()
-	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	defer ln.Close()
-	accepted := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		accepted <- c
-	}()
-	a, err := d.Dial("tcp", ln.Addr().String())
-	require.NoError(t, err)
-	b := <-accepted
-	require.NotNil(t, b)
-	t.Cleanup(func() { a.Close(); b.Close() })
+	a, b := wstest.TCPPairWith(t, lc, d)
 	return a, b
 }
 
