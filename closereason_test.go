@@ -57,10 +57,10 @@ func TestCloseReasons(t *testing.T) {
 	}{
 		{name: "peers close", want: "", end: func(t *testing.T, _ *Proxy, c *wstest.Conn) {
 			require.NoError(t, c.WriteClose(1000, "done"))
-			assert.Equal(t, 1000, readClose(c))
+			assert.Equal(t, 1000, c.ReadClose())
 		}},
 		{name: "shutdown", want: ReasonShutdown, end: func(t *testing.T, p *Proxy, c *wstest.Conn) {
-			go readClose(c)
+			go c.ReadClose()
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
 			assert.NoError(t, p.Shutdown(ctx))
@@ -73,7 +73,7 @@ func TestCloseReasons(t *testing.T) {
 		{name: "target removed", want: ReasonTargetRemoved, opts: []Option{WithDrainTimeout(time.Millisecond)},
 			end: func(t *testing.T, p *Proxy, c *wstest.Conn) {
 				require.NoError(t, p.SetTargets([]string{newEcho(t)}))
-				assert.Equal(t, wsframe.CloseGoingAway, readClose(c))
+				assert.Equal(t, wsframe.CloseGoingAway, c.ReadClose())
 			}},
 		{name: "backend not responding", want: ReasonBackendNotResponding, backend: silent,
 			opts: []Option{WithPingInterval(20 * time.Millisecond)}},
@@ -83,7 +83,7 @@ func TestCloseReasons(t *testing.T) {
 		{name: "backend connection lost", want: ReasonBackendConnectionLost, backend: resetOnMessage,
 			end: func(t *testing.T, _ *Proxy, c *wstest.Conn) {
 				require.NoError(t, c.WriteMessage(wsframe.OpText, []byte("crash")))
-				assert.Equal(t, wsframe.CloseInternalError, readClose(c))
+				assert.Equal(t, wsframe.CloseInternalError, c.ReadClose())
 			}},
 		{name: "client connection lost", want: ReasonClientConnectionLost, end: func(t *testing.T, _ *Proxy, c *wstest.Conn) {
 			c.Conn.(*net.TCPConn).SetLinger(0)
@@ -93,12 +93,12 @@ func TestCloseReasons(t *testing.T) {
 			opts: []Option{WithHalfCloseTimeout(20 * time.Millisecond)},
 			end: func(t *testing.T, _ *Proxy, c *wstest.Conn) {
 				require.NoError(t, c.Conn.(*net.TCPConn).CloseWrite())
-				readClose(c)
+				c.ReadClose()
 			}},
 		{name: "message too big", want: ReasonMessageTooBig, opts: []Option{WithMaxMessageSize(10)},
 			end: func(t *testing.T, _ *Proxy, c *wstest.Conn) {
 				require.NoError(t, c.WriteMessage(wsframe.OpText, make([]byte, 11)))
-				assert.Equal(t, wsframe.CloseMessageTooBig, readClose(c))
+				assert.Equal(t, wsframe.CloseMessageTooBig, c.ReadClose())
 			}},
 		{name: "protocol error", want: ReasonProtocolError,
 			wantDetail: "websocket protocol error: unmasked frame from the client",
@@ -132,7 +132,7 @@ func TestCloseReasons(t *testing.T) {
 			p, url := newProxy(t, []string{backend(t)}, append(tt.opts, hook, WithCloseTimeout(50*time.Millisecond))...)
 			c := dial(t, url)
 			if tt.end == nil {
-				readClose(c) // the proxy ends the tunnel by itself
+				c.ReadClose() // the proxy ends the tunnel by itself
 			} else {
 				tt.end(t, p, c)
 			}

@@ -7,7 +7,6 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -252,7 +251,7 @@ func upgradeBackend(t *testing.T, script func(c *wstest.Conn)) string {
 func closeRecorder(t *testing.T, script func(c *wstest.Conn)) (string, chan int) {
 	t.Helper()
 	codes := make(chan int, 512)
-	url := upgradedBackend(t, script, func(c *wstest.Conn) { codes <- readClose(c) })
+	url := upgradedBackend(t, script, func(c *wstest.Conn) { codes <- c.ReadClose() })
 	return url, codes
 }
 
@@ -423,21 +422,6 @@ func echoMessage(t *testing.T, c *wstest.Conn, op byte, payload []byte) {
 	require.NoError(t, err)
 	assert.Equal(t, op, gotOp)
 	assert.True(t, bytes.Equal(payload, got), "echoed payload differs (%d bytes sent, %d back)", len(payload), len(got))
-}
-
-// readClose reads until a close frame or an error; it returns the close
-// code, or -1 when the connection ended without one.
-func readClose(c *wstest.Conn) int {
-	for {
-		_, _, err := c.ReadMessage()
-		var ce *wstest.CloseError
-		if errors.As(err, &ce) {
-			return ce.Code
-		}
-		if err != nil {
-			return -1
-		}
-	}
 }
 
 func randomBytes(n int) []byte {

@@ -49,7 +49,7 @@ func TestIdleTimeout(t *testing.T) {
 				go func() { defer wg.Done(); tt.traffic(c, stop) }()
 			}
 			code := make(chan int, 1)
-			go func() { code <- readClose(c) }()
+			go func() { code <- c.ReadClose() }()
 			select {
 			case got := <-code:
 				close(stop)
@@ -89,7 +89,7 @@ func TestIdleTimeoutBackendTraffic(t *testing.T) {
 		assert.Equal(t, "news", string(msg))
 	}
 	// Once the backend stops, the idle timeout applies.
-	assert.Equal(t, wsframe.CloseGoingAway, readClose(c))
+	assert.Equal(t, wsframe.CloseGoingAway, c.ReadClose())
 	assert.Greater(t, time.Since(start), 300*time.Millisecond)
 }
 
@@ -116,7 +116,7 @@ func TestMaxLifetime(t *testing.T) {
 	hook, closed := closeInfoHook()
 	_, url := newProxy(t, []string{backend}, WithMaxLifetime(100*time.Millisecond), hook)
 	c := dial(t, url)
-	assert.Equal(t, wsframe.CloseGoingAway, readClose(c))
+	assert.Equal(t, wsframe.CloseGoingAway, c.ReadClose())
 	assert.Equal(t, wsframe.CloseGoingAway, <-backendCodes)
 	ci := <-closed
 	assert.Equal(t, "max lifetime", ci.Reason)
@@ -252,7 +252,7 @@ func TestKeepalive(t *testing.T) {
 		_, url := newProxy(t, []string{stuck}, WithPingInterval(100*time.Millisecond), hook)
 		c := dial(t, url)
 		start := time.Now()
-		assert.Equal(t, wsframe.CloseInternalError, readClose(c))
+		assert.Equal(t, wsframe.CloseInternalError, c.ReadClose())
 		assert.Less(t, time.Since(start), 2*time.Second)
 		assert.Equal(t, "backend not responding", (<-closed).Reason)
 	})
@@ -368,7 +368,7 @@ func TestStatsMatchOpenTunnels(t *testing.T) {
 	assert.Equal(t, 3, s.Targets[1].Open)
 	for _, c := range conns[:4] {
 		c.WriteClose(1000, "")
-		readClose(c)
+		c.ReadClose()
 		c.Close()
 	}
 	require.Eventually(t, func() bool { return p.Stats().Open == 2 }, 5*time.Second, 5*time.Millisecond)
@@ -401,7 +401,7 @@ func TestMaxMessageSize(t *testing.T) {
 	// Fragments add up: 600 + 600 is over the limit.
 	require.NoError(t, c.WriteFrame(wstest.Frame{Op: wsframe.OpBinary, Payload: make([]byte, 600)}))
 	require.NoError(t, c.WriteFrame(wstest.Frame{Fin: true, Op: wsframe.OpContinuation, Payload: make([]byte, 600)}))
-	assert.Equal(t, wsframe.CloseMessageTooBig, readClose(c))
+	assert.Equal(t, wsframe.CloseMessageTooBig, c.ReadClose())
 	assert.Equal(t, wsframe.CloseMessageTooBig, <-codes)
 	ci := <-closed
 	assert.Equal(t, "message too big", ci.Reason)
@@ -417,7 +417,7 @@ func TestProtocolErrorCloses(t *testing.T) {
 	c := dial(t, url)
 	_, err := c.Conn.Write(wstest.AppendFrame(nil, wstest.Frame{Fin: true, Op: wsframe.OpText, Payload: []byte("bare")}, false))
 	require.NoError(t, err)
-	assert.Equal(t, wsframe.CloseProtocolError, readClose(c))
+	assert.Equal(t, wsframe.CloseProtocolError, c.ReadClose())
 	assert.Equal(t, wsframe.CloseProtocolError, <-codes)
 }
 
@@ -437,7 +437,7 @@ func TestPeerResetIsReported(t *testing.T) {
 		_, url := newProxy(t, []string{backend})
 		c := dial(t, url)
 		close(crash)
-		assert.Equal(t, wsframe.CloseInternalError, readClose(c))
+		assert.Equal(t, wsframe.CloseInternalError, c.ReadClose())
 	})
 	t.Run("client vanishes", func(t *testing.T) {
 		t.Parallel()

@@ -303,7 +303,7 @@ func TestSecurityFrameMasking(t *testing.T) {
 		c := dial(t, url)
 		_, err := c.Conn.Write(wstest.AppendFrame(nil, wstest.Frame{Fin: true, Op: wsframe.OpBinary, Payload: poison}, false))
 		require.NoError(t, err)
-		assert.Equal(t, wsframe.CloseProtocolError, readClose(c))
+		assert.Equal(t, wsframe.CloseProtocolError, c.ReadClose())
 		assert.NotContains(t, string(<-got), "/poison")
 	})
 	t.Run("masked from the backend", func(t *testing.T) {

@@ -178,6 +178,22 @@ func (c *Conn) ReadMessage() (op byte, payload []byte, err error) {
 	}
 }
 
+// ReadClose reads until a close frame or an error, answering the close
+// frame; it returns the close code, or -1 when the connection ended
+// without one.
+func (c *Conn) ReadClose() int {
+	for {
+		_, _, err := c.ReadMessage()
+		var ce *CloseError
+		if errors.As(err, &ce) {
+			return ce.Code
+		}
+		if err != nil {
+			return -1
+		}
+	}
+}
+
 // NewKey returns a random Sec-WebSocket-Key.
 func NewKey() string {
 	var b [16]byte

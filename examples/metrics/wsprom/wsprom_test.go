@@ -135,19 +135,6 @@ func (f *fixture) labelValues(t *testing.T, metric, label string) []string {
 	return vals
 }
 
-func readClose(c *wstest.Conn) int {
-	for {
-		_, _, err := c.ReadMessage()
-		var ce *wstest.CloseError
-		if errors.As(err, &ce) {
-			return ce.Code
-		}
-		if err != nil {
-			return -1
-		}
-	}
-}
-
 // TestCollector: traffic, tunnels ending in several ways and a refusal,
 // read back from a scrape.
 func TestCollector(t *testing.T) {
@@ -172,17 +159,17 @@ func TestCollector(t *testing.T) {
 
 	// The client closes: the peers ended it.
 	require.NoError(t, c.WriteClose(1000, ""))
-	assert.Equal(t, 1000, readClose(c))
+	assert.Equal(t, 1000, c.ReadClose())
 	// Too big a message, then a protocol error (an unmasked frame).
 	big, err := f.dial(t)
 	require.NoError(t, err)
 	require.NoError(t, big.WriteMessage(wsframe.OpText, make([]byte, 101)))
-	assert.Equal(t, wsframe.CloseMessageTooBig, readClose(big))
+	assert.Equal(t, wsframe.CloseMessageTooBig, big.ReadClose())
 	bad, err := f.dial(t)
 	require.NoError(t, err)
 	_, err = bad.Conn.Write(wstest.AppendFrame(nil, wstest.Frame{Fin: true, Op: wsframe.OpText, Payload: []byte("bare")}, false))
 	require.NoError(t, err)
-	assert.Equal(t, wsframe.CloseProtocolError, readClose(bad))
+	assert.Equal(t, wsframe.CloseProtocolError, bad.ReadClose())
 	// A refused origin.
 	_, err = f.dial(t, "Origin: http://evil.example")
 	require.Error(t, err)
@@ -217,7 +204,7 @@ func TestShutdownReason(t *testing.T) {
 	f := newFixture(t)
 	c, err := f.dial(t)
 	require.NoError(t, err)
-	go readClose(c) // answers the proxy's close frame
+	go c.ReadClose() // answers the proxy's close frame
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	require.NoError(t, f.p.Shutdown(ctx))
@@ -324,7 +311,7 @@ func TestRemovedTargetSeriesDropped(t *testing.T) {
 	c, err := f.dial(t)
 	require.NoError(t, err)
 	require.NoError(t, c.WriteClose(1000, ""))
-	readClose(c)
+	c.ReadClose()
 	require.Eventually(t, func() bool { return f.p.Stats().Open == 0 }, 5*time.Second, 5*time.Millisecond)
 	closed := fmt.Sprintf(`wsproxy_tunnels_closed_total{reason="peer",target=%q}`, f.target)
 	duration := fmt.Sprintf(`wsproxy_tunnel_duration_seconds_count{target=%q}`, f.target)
