@@ -30,6 +30,8 @@ import (
 //     (back-pressure), so a backlog is at most one read and a few control
 //     frames. Writes come from the loop and from other goroutines (timers,
 //     Close), each under its pump's mu, as in the goroutine driver.
+//   - The payload of a large data frame goes through a pipe instead
+//     (splice_linux.go); what the pipe holds is the head of the backlog.
 //   - A close frame in a backlog has not left the tunnel yet: fCloseOut waits
 //     for the backlog to drain, so the close handshake is judged on what the
 //     kernel took, as under the goroutine driver. CloseWrite waits for it too.
@@ -66,6 +68,7 @@ type sock struct {
 	closed     bool       // Close was called: no more writes
 	shutWanted bool       // CloseWrite came while the backlog held bytes
 	shut       bool       // the FIN went out
+	pipe       *pipe      // spliced payload not yet taken by the kernel, ahead of backlog; nil when none (splice_linux.go)
 	backlog    []byte     // written, not yet taken by the kernel
 	werr       error      // a write failed: every later write fails so
 	dl         *deadlines // nil until a deadline is set
@@ -106,7 +109,6 @@ func (tn *Tunnel) moveToLoop() {
 	tn.back.Close()
 	tn.client, tn.back = cs, bs
 	tn.up.parkable, tn.down.parkable = false, false
-	tn.up.spliceOK, tn.down.spliceOK = false, false
 }
 
 // newSock registers a copy of c's descriptor with l. Its handler does
@@ -254,6 +256,9 @@ func (s *sock) pull() {
 		if dst.holding() {
 			return
 		}
+		if p.canSplice() && s.spliceTo(dst, p) {
+			continue
+		}
 		if bp == nil {
 			bp = bufPool.Get().(*[]byte)
 		}
@@ -294,8 +299,12 @@ func (s *sock) endRead(err error) {
 func (s *sock) holding() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.backlog) > 0
+	return s.holdingLocked()
 }
+
+// holdingLocked reports whether s has a backlog, in its pipe or its
+// buffer. s.mu is held.
+func (s *sock) holdingLocked() bool { return s.pipe != nil || len(s.backlog) > 0 }
 
 // flushBacklog writes what s holds, on a Writable event, and reports
 // whether it all went (the writer was held back and may read again). The
@@ -303,12 +312,19 @@ func (s *sock) holding() bool {
 // now out. Loop.
 func (s *sock) flushBacklog() bool {
 	s.mu.Lock()
-	if s.closed || len(s.backlog) == 0 {
+	if s.closed || !s.holdingLocked() {
 		s.mu.Unlock()
 		return false
 	}
-	n, err := evloop.Write(s.reg.Fd(), s.backlog)
-	s.backlog = s.backlog[n:]
+	var err error
+	if s.pipe != nil {
+		err = s.flushPipeLocked()
+	}
+	if err == nil && len(s.backlog) > 0 {
+		var n int
+		n, err = evloop.Write(s.reg.Fd(), s.backlog)
+		s.backlog = s.backlog[n:]
+	}
 	switch {
 	case errors.Is(err, evloop.ErrWouldBlock):
 		s.mu.Unlock()
@@ -334,7 +350,7 @@ func (s *sock) flushBacklog() bool {
 // dropLocked gives up on the backlog because of err, which every later
 // write returns; its bytes no longer count as written. s.mu is held.
 func (s *sock) dropLocked(err error) {
-	s.writer().bytes.Add(-int64(len(s.backlog)))
+	s.writer().bytes.Add(-int64(s.dropPipeLocked() + len(s.backlog)))
 	s.backlog = nil
 	if s.werr == nil {
 		s.werr = err
@@ -346,14 +362,10 @@ func (s *sock) dropLocked(err error) {
 func (s *sock) Write(b []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	switch {
-	case s.closed:
-		return 0, net.ErrClosed
-	case s.werr != nil:
-		return 0, s.werr
-	case s.dl != nil && s.dl.writeBy != 0 && time.Now().UnixNano() >= s.dl.writeBy:
-		return 0, os.ErrDeadlineExceeded
-	case len(s.backlog) > 0:
+	if err := s.writeErrLocked(); err != nil {
+		return 0, err
+	}
+	if s.holdingLocked() {
 		s.backlog = append(s.backlog, b...)
 		return len(b), nil
 	}
@@ -369,6 +381,19 @@ func (s *sock) Write(b []byte) (int, error) {
 	return n, err
 }
 
+// writeErrLocked returns why s takes no more bytes, or nil. s.mu is held.
+func (s *sock) writeErrLocked() error {
+	switch {
+	case s.closed:
+		return net.ErrClosed
+	case s.werr != nil:
+		return s.werr
+	case s.dl != nil && s.dl.writeBy != 0 && time.Now().UnixNano() >= s.dl.writeBy:
+		return os.ErrDeadlineExceeded
+	}
+	return nil
+}
+
 // CloseWrite sends a FIN, after the backlog.
 func (s *sock) CloseWrite() error {
 	s.mu.Lock()
@@ -376,7 +401,7 @@ func (s *sock) CloseWrite() error {
 	switch {
 	case s.closed || s.shut:
 		return nil
-	case len(s.backlog) > 0:
+	case s.holdingLocked():
 		s.shutWanted = true
 		return nil
 	}
@@ -487,7 +512,7 @@ func (s *sock) readExpired(gen uint32) {
 
 func (s *sock) writeExpired(gen uint32) {
 	s.mu.Lock()
-	held := !s.closed && s.dl.wgen == gen && len(s.backlog) > 0
+	held := !s.closed && s.dl.wgen == gen && s.holdingLocked()
 	if held {
 		s.dropLocked(os.ErrDeadlineExceeded)
 	}
