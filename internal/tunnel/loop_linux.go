@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/wsproxy/wsproxy/internal/evloop"
+	"github.com/wsproxy/wsproxy/internal/wsframe"
 )
 
 // The loop driver runs a tunnel whose two connections are plain TCP in one
@@ -60,6 +61,7 @@ type sock struct {
 	started  bool // loop: Start's bytes were passed; events may be acted on
 	done     bool // loop: the pump reading the socket ended
 	gone     bool // loop: the registration (and so the descriptor) is being closed
+	spliced  bool // loop: a splice ended the last frame read: read the next header alone (splice_linux.go)
 	// On the client's sock only (loop): both pumps ended and the owner is
 	// to be told once both sockets are gone; told.
 	finishWanted, told bool
@@ -263,6 +265,10 @@ func (s *sock) pull() {
 			bp = bufPool.Get().(*[]byte)
 		}
 		b := (*bp)[bufHeadroom:]
+		if s.spliced {
+			s.spliced = false
+			b = b[:wsframe.MaxHeaderLen]
+		}
 		n, err := evloop.Read(s.reg.Fd(), b)
 		if n > 0 {
 			s.readable = n == len(b) || s.drain

@@ -146,6 +146,7 @@ func (s *sock) spliceTo(dst *sock, p *pump) bool {
 
 	if n > 0 {
 		p.spliced(int64(n))
+		s.spliced = p.frames.Remaining() == 0
 	}
 	switch {
 	case werr != nil && werr != evloop.ErrWouldBlock:
