@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"errors"
 	"os"
 	"runtime"
 	"sync"
@@ -125,6 +126,13 @@ func (s *sock) spliceTo(dst *sock, p *pump) bool {
 		return false
 	}
 	n, rerr := splice(s.reg.Fd(), pp.w, int(min(p.frames.Remaining(), spliceMax)))
+	if n == 0 && errors.Is(rerr, syscall.EINVAL) {
+		// A socket the kernel cannot splice from: copy, from now on.
+		pipePool.Put(pp)
+		dst.mu.Unlock()
+		p.spliceOK = false
+		return false
+	}
 	pp.n = n
 	var werr error
 	if n > 0 {
@@ -152,7 +160,7 @@ func (s *sock) spliceTo(dst *sock, p *pump) bool {
 	case werr != nil && werr != evloop.ErrWouldBlock:
 		s.endRead(werr)
 	case rerr == evloop.ErrWouldBlock && n == 0:
-		s.readable = s.drain
+		s.readable = false
 	case rerr == nil && n == 0:
 		s.endRead(nil)
 	case rerr != nil && rerr != evloop.ErrWouldBlock:
