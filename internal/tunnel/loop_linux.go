@@ -70,7 +70,7 @@ type sock struct {
 	closed     bool       // Close was called: no more writes
 	shutWanted bool       // CloseWrite came while the backlog held bytes
 	shut       bool       // the FIN went out
-	pipe       *pipe      // spliced payload not yet taken by the kernel, ahead of backlog; nil when none (splice_linux.go)
+	piped      bool       // a pipe holds spliced payload not yet taken by the kernel, ahead of backlog (splice_linux.go)
 	backlog    []byte     // written, not yet taken by the kernel
 	werr       error      // a write failed: every later write fails so
 	dl         *deadlines // nil until a deadline is set
@@ -310,7 +310,7 @@ func (s *sock) holding() bool {
 
 // holdingLocked reports whether s has a backlog, in its pipe or its
 // buffer. s.mu is held.
-func (s *sock) holdingLocked() bool { return s.pipe != nil || len(s.backlog) > 0 }
+func (s *sock) holdingLocked() bool { return s.piped || len(s.backlog) > 0 }
 
 // flushBacklog writes what s holds, on a Writable event, and reports
 // whether it all went (the writer was held back and may read again). The
@@ -323,7 +323,7 @@ func (s *sock) flushBacklog() bool {
 		return false
 	}
 	var err error
-	if s.pipe != nil {
+	if s.piped {
 		err = s.flushPipeLocked()
 	}
 	if err == nil && len(s.backlog) > 0 {

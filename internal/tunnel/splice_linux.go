@@ -26,7 +26,9 @@ import (
 // holds at most one splice's worth. A sock holds a pipe only while the
 // pipe holds bytes: an empty one goes back to pipePool at once, so no idle
 // tunnel keeps one; a pipe whose bytes will never leave (Close, a failed
-// write) is closed instead.
+// write) is closed instead. A pipe that holds bytes is rare (its
+// destination is full, mid-frame) and waits in heldPipes, not in the sock,
+// which says so in one bit (piped) and stays small.
 //
 // Every splice runs on the loop, and under the destination's mu, as every
 // write to it does; Close may then close the pipe from any goroutine.
@@ -37,6 +39,43 @@ type pipe struct {
 	r, w    int
 	n       int
 	cleanup runtime.Cleanup // closes both ends if a pooled pipe is dropped
+}
+
+// heldPipes holds the pipes with bytes in them, by destination. Its mu is
+// taken under a sock's mu, and nothing is taken under it.
+var heldPipes struct {
+	mu sync.Mutex
+	m  map[*sock]*pipe
+}
+
+// holdPipeLocked keeps pp, which holds bytes, for s. s.mu is held.
+func (s *sock) holdPipeLocked(pp *pipe) {
+	heldPipes.mu.Lock()
+	if heldPipes.m == nil {
+		heldPipes.m = make(map[*sock]*pipe)
+	}
+	heldPipes.m[s] = pp
+	heldPipes.mu.Unlock()
+	s.piped = true
+}
+
+// heldPipeLocked returns the pipe that holds bytes for s, or nil. s.mu is
+// held.
+func (s *sock) heldPipeLocked() *pipe {
+	if !s.piped {
+		return nil
+	}
+	heldPipes.mu.Lock()
+	defer heldPipes.mu.Unlock()
+	return heldPipes.m[s]
+}
+
+// unholdPipeLocked forgets s's pipe. s.mu is held.
+func (s *sock) unholdPipeLocked() {
+	heldPipes.mu.Lock()
+	delete(heldPipes.m, s)
+	heldPipes.mu.Unlock()
+	s.piped = false
 }
 
 // pipePool keeps empty pipes between splices. A pipe the pool drops (in a
@@ -144,7 +183,7 @@ func (s *sock) spliceTo(dst *sock, p *pump) bool {
 	case pp.n == 0:
 		pp.release()
 	case werr == evloop.ErrWouldBlock:
-		dst.pipe = pp // the next Writable event sends the rest
+		dst.holdPipeLocked(pp) // the next Writable event sends the rest
 	default:
 		pp.release()
 		n -= pp.n // never written
@@ -173,11 +212,11 @@ func (s *sock) spliceTo(dst *sock, p *pump) bool {
 // flushPipeLocked sends what s's pipe holds and gives the pipe back once
 // it is empty. s.mu is held; loop.
 func (s *sock) flushPipeLocked() error {
-	pp := s.pipe
+	pp := s.heldPipeLocked()
 	m, err := splice(pp.r, s.reg.Fd(), pp.n)
 	pp.n -= m
 	if pp.n == 0 {
-		s.pipe = nil
+		s.unholdPipeLocked()
 		pp.release()
 	}
 	return err
@@ -186,11 +225,11 @@ func (s *sock) flushPipeLocked() error {
 // dropPipeLocked gives up on the bytes in s's pipe and closes it, and
 // returns how many bytes it held. s.mu is held.
 func (s *sock) dropPipeLocked() int {
-	pp := s.pipe
+	pp := s.heldPipeLocked()
 	if pp == nil {
 		return 0
 	}
-	s.pipe = nil
+	s.unholdPipeLocked()
 	n := pp.n
 	pp.release()
 	return n

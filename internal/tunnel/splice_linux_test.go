@@ -165,10 +165,10 @@ func heldPipe(t *testing.T, s *sock) (held int) {
 	require.Eventually(t, func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		if s.pipe != nil {
-			held = s.pipe.n
+		if pp := s.heldPipeLocked(); pp != nil {
+			held = pp.n
 		}
-		return s.pipe != nil
+		return s.piped
 	}, 5*time.Second, time.Millisecond, "the destination is full and its pipe holds bytes")
 	return held
 }
@@ -278,7 +278,7 @@ func TestLoopSpliceHoldsWrites(t *testing.T) {
 		tn.up.mu.Unlock()
 		o.closeErr = bs.CloseWrite()
 		bs.mu.Lock()
-		o.held, o.backlog, o.shutWaits = bs.pipe != nil, bs.backlog, bs.shutWanted && !bs.shut
+		o.held, o.backlog, o.shutWaits = bs.piped, bs.backlog, bs.shutWanted && !bs.shut
 		bs.mu.Unlock()
 		done <- o
 	}))
