@@ -186,8 +186,8 @@ func (s *sock) spliceTo(dst *sock, p *pump) bool {
 		dst.holdPipeLocked(pp) // the next Writable event sends the rest
 	default:
 		pp.release()
-		n -= pp.n // never written
-		dst.werr = werr
+		n -= pp.n            // never written
+		dst.dropLocked(werr) // every later write fails so
 	}
 	dst.mu.Unlock()
 
