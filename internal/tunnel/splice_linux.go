@@ -2,7 +2,6 @@ package tunnel
 
 import (
 	"errors"
-	"os"
 	"runtime"
 	"sync"
 	"syscall"
@@ -118,32 +117,6 @@ func (pp *pipe) release() {
 	closeFDs([2]int{pp.r, pp.w})
 }
 
-// spliceFlags: never wait, and move pages rather than copy them where the
-// kernel can.
-const spliceFlags = 0x1 | 0x2 // SPLICE_F_MOVE | SPLICE_F_NONBLOCK
-
-// splice moves up to n bytes from the descriptor in to out, one of them a
-// pipe, and returns how many moved; (0, nil) is the end of a socket's
-// stream. Like evloop.Write, it returns ErrWouldBlock when fewer than n
-// moved and no error said why: the socket or the pipe has no more room or
-// bytes now.
-func splice(in, out, n int) (int, error) {
-	for {
-		m, err := syscall.Splice(in, nil, out, nil, n, spliceFlags)
-		switch {
-		case err == nil && m > 0 && int(m) < n:
-			return int(m), evloop.ErrWouldBlock
-		case err == nil:
-			return int(m), nil
-		case err == syscall.EINTR:
-			continue
-		case err == syscall.EAGAIN:
-			return 0, evloop.ErrWouldBlock
-		}
-		return 0, os.NewSyscallError("splice", err)
-	}
-}
-
 // spliceTo passes up to spliceMax bytes of the current frame's payload
 // from s to dst, its reader p's destination, through a pipe, and ends p
 // when either side fails. It reports false, having done nothing, when it
@@ -164,7 +137,7 @@ func (s *sock) spliceTo(dst *sock, p *pump) bool {
 		dst.mu.Unlock()
 		return false
 	}
-	n, rerr := splice(s.reg.Fd(), pp.w, int(min(p.frames.Remaining(), spliceMax)))
+	n, rerr := evloop.Splice(s.reg.Fd(), pp.w, int(min(p.frames.Remaining(), spliceMax)))
 	if n == 0 && errors.Is(rerr, syscall.EINVAL) {
 		// A socket the kernel cannot splice from: copy, from now on.
 		pipePool.Put(pp)
@@ -176,7 +149,7 @@ func (s *sock) spliceTo(dst *sock, p *pump) bool {
 	var werr error
 	if n > 0 {
 		var m int
-		m, werr = splice(pp.r, dst.reg.Fd(), n)
+		m, werr = evloop.Splice(pp.r, dst.reg.Fd(), n)
 		pp.n -= m
 	}
 	switch {
@@ -213,7 +186,7 @@ func (s *sock) spliceTo(dst *sock, p *pump) bool {
 // it is empty. s.mu is held; loop.
 func (s *sock) flushPipeLocked() error {
 	pp := s.heldPipeLocked()
-	m, err := splice(pp.r, s.reg.Fd(), pp.n)
+	m, err := evloop.Splice(pp.r, s.reg.Fd(), pp.n)
 	pp.n -= m
 	if pp.n == 0 {
 		s.unholdPipeLocked()
