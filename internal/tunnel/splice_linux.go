@@ -29,6 +29,11 @@ import (
 // destination is full, mid-frame) and waits in heldPipes, not in the sock,
 // which says so in one bit (piped) and stays small.
 //
+// After a frame ended in a splice the loop reads the next header alone
+// (sock.spliced: at most wsframe.MaxHeaderLen bytes), so that a large
+// frame behind it is spliced whole instead of after a buffer's worth of
+// copied payload.
+//
 // Every splice runs on the loop, and under the destination's mu, as every
 // write to it does; Close may then close the pipe from any goroutine.
 
