@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/wsproxy/wsproxy/internal/evloop"
+	"github.com/wsproxy/wsproxy/internal/wsframe"
 )
 
 // The loop driver runs a tunnel whose two connections are plain TCP in one
@@ -30,6 +31,8 @@ import (
 //     (back-pressure), so a backlog is at most one read and a few control
 //     frames. Writes come from the loop and from other goroutines (timers,
 //     Close), each under its pump's mu, as in the goroutine driver.
+//   - The payload of a large data frame goes through a pipe instead
+//     (splice_linux.go); what the pipe holds is the head of the backlog.
 //   - A close frame in a backlog has not left the tunnel yet: fCloseOut waits
 //     for the backlog to drain, so the close handshake is judged on what the
 //     kernel took, as under the goroutine driver. CloseWrite waits for it too.
@@ -62,6 +65,7 @@ type sock struct {
 	started  bool // loop: Start's bytes were passed; events may be acted on
 	done     bool // loop: the pump reading the socket ended
 	gone     bool // loop: the registration (and so the descriptor) is being closed
+	spliced  bool // loop: a splice ended the last frame read: read the next header alone (splice_linux.go)
 	// On the client's sock only (loop): both pumps ended and the owner is
 	// to be told once both sockets are gone; told.
 	finishWanted, told bool
@@ -70,6 +74,7 @@ type sock struct {
 	closed     bool       // Close was called: no more writes
 	shutWanted bool       // CloseWrite came while the backlog held bytes
 	shut       bool       // the FIN went out
+	piped      bool       // a pipe holds spliced payload not yet taken by the kernel, ahead of backlog (splice_linux.go)
 	backlog    []byte     // written, not yet taken by the kernel
 	ending     *sockEnd   // nil until a deadline is set or a write failed
 }
@@ -115,7 +120,6 @@ func (tn *Tunnel) moveToLoop() {
 	tn.back.Close()
 	tn.client, tn.back = cs, bs
 	tn.up.parkable, tn.down.parkable = false, false
-	tn.up.spliceOK, tn.down.spliceOK = false, false
 }
 
 // init registers a copy of c's descriptor with l, for the zero sock s.
@@ -261,10 +265,17 @@ func (s *sock) pull() {
 		if dst.holding() {
 			return
 		}
+		if p.canSplice() && s.spliceTo(dst, p) {
+			continue
+		}
 		if bp == nil {
 			bp = bufPool.Get().(*[]byte)
 		}
 		b := (*bp)[bufHeadroom:]
+		if s.spliced {
+			s.spliced = false
+			b = b[:wsframe.MaxHeaderLen]
+		}
 		n, err := evloop.Read(s.reg.Fd(), b)
 		if n > 0 {
 			s.readable = n == len(b) || s.drain
@@ -301,8 +312,12 @@ func (s *sock) endRead(err error) {
 func (s *sock) holding() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return len(s.backlog) > 0
+	return s.holdingLocked()
 }
+
+// holdingLocked reports whether s has a backlog, in its pipe or its
+// buffer. s.mu is held.
+func (s *sock) holdingLocked() bool { return s.piped || len(s.backlog) > 0 }
 
 // flushBacklog writes what s holds, on a Writable event, and reports
 // whether it all went (the writer was held back and may read again). The
@@ -310,12 +325,19 @@ func (s *sock) holding() bool {
 // now out. Loop.
 func (s *sock) flushBacklog() bool {
 	s.mu.Lock()
-	if s.closed || len(s.backlog) == 0 {
+	if s.closed || !s.holdingLocked() {
 		s.mu.Unlock()
 		return false
 	}
-	n, err := evloop.Write(s.reg.Fd(), s.backlog)
-	s.backlog = s.backlog[n:]
+	var err error
+	if s.piped {
+		err = s.flushPipeLocked()
+	}
+	if err == nil && len(s.backlog) > 0 {
+		var n int
+		n, err = evloop.Write(s.reg.Fd(), s.backlog)
+		s.backlog = s.backlog[n:]
+	}
 	switch {
 	case errors.Is(err, evloop.ErrWouldBlock):
 		s.mu.Unlock()
@@ -341,7 +363,7 @@ func (s *sock) flushBacklog() bool {
 // dropLocked gives up on the backlog because of err, which every later
 // write returns; its bytes no longer count as written. s.mu is held.
 func (s *sock) dropLocked(err error) {
-	s.writer().bytes.Add(-int64(len(s.backlog)))
+	s.writer().bytes.Add(-int64(s.dropPipeLocked() + len(s.backlog)))
 	s.backlog = nil
 	if s.closed {
 		return // Write answers net.ErrClosed: no ending to make for err
@@ -356,14 +378,10 @@ func (s *sock) dropLocked(err error) {
 func (s *sock) Write(b []byte) (int, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	switch {
-	case s.closed:
-		return 0, net.ErrClosed
-	case s.ending != nil && s.ending.werr != nil:
-		return 0, s.ending.werr
-	case s.ending != nil && s.ending.writeBy != 0 && time.Now().UnixNano() >= s.ending.writeBy:
-		return 0, os.ErrDeadlineExceeded
-	case len(s.backlog) > 0:
+	if err := s.writeErrLocked(); err != nil {
+		return 0, err
+	}
+	if s.holdingLocked() {
 		s.backlog = append(s.backlog, b...)
 		return len(b), nil
 	}
@@ -379,6 +397,19 @@ func (s *sock) Write(b []byte) (int, error) {
 	return n, err
 }
 
+// writeErrLocked returns why s takes no more bytes, or nil. s.mu is held.
+func (s *sock) writeErrLocked() error {
+	switch {
+	case s.closed:
+		return net.ErrClosed
+	case s.ending != nil && s.ending.werr != nil:
+		return s.ending.werr
+	case s.ending != nil && s.ending.writeBy != 0 && time.Now().UnixNano() >= s.ending.writeBy:
+		return os.ErrDeadlineExceeded
+	}
+	return nil
+}
+
 // CloseWrite sends a FIN, after the backlog.
 func (s *sock) CloseWrite() error {
 	s.mu.Lock()
@@ -386,7 +417,7 @@ func (s *sock) CloseWrite() error {
 	switch {
 	case s.closed || s.shut:
 		return nil
-	case len(s.backlog) > 0:
+	case s.holdingLocked():
 		s.shutWanted = true
 		return nil
 	}
@@ -498,7 +529,7 @@ func (s *sock) readExpired(gen uint32) {
 
 func (s *sock) writeExpired(gen uint32) {
 	s.mu.Lock()
-	held := !s.closed && s.ending.wgen == gen && len(s.backlog) > 0
+	held := !s.closed && s.ending.wgen == gen && s.holdingLocked()
 	if held {
 		s.dropLocked(os.ErrDeadlineExceeded)
 	}

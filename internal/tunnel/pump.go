@@ -255,8 +255,8 @@ func (p *pump) canSplice() bool {
 
 // spliceMin is the payload still to pass in the current frame from which
 // the pump lets the kernel move it between two TCP sockets (splice(2) on
-// Linux, through net.TCPConn.ReadFrom) instead of copying it through a
-// buffer. Below it, the extra system calls cost more than the copy saves.
+// Linux, through net.TCPConn.ReadFrom, or the loop's own pipes) instead of
+// copying it through a buffer. Below it, the extra system calls cost more than the copy saves.
 const spliceMin = 16 << 10
 
 // splice passes the rest of the current frame's payload. It holds no lock:
@@ -268,6 +268,15 @@ func (p *pump) splice() error {
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		err = nil // the idle deadline: the loop parks or goes on
 	}
+	p.spliced(n)
+	return err
+}
+
+// spliced accounts for n bytes of the current frame's payload that the
+// kernel moved from src to dst, past the tracker, and writes the tunnel's
+// pending control frame once the frame is through. Both drivers splice
+// (splice_linux.go for the loops).
+func (p *pump) spliced(n int64) {
 	p.frames.Skip(uint64(n))
 	p.bytes.Add(n)
 	now := p.t.now()
@@ -281,7 +290,6 @@ func (p *pump) splice() error {
 			p.writePending()
 		}
 	}
-	return err
 }
 
 // chunk processes n fresh bytes at buf[bufHeadroom:], after the carried
