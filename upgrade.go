@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	engine "github.com/wsproxy/wsproxy/internal/tunnel"
 )
 
 // websocketGUID is appended to the key to compute Sec-WebSocket-Accept
@@ -514,14 +516,35 @@ func (l *limitReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// dial connects to the target, with TLS for wss and https targets.
-func (p *Proxy) dial(ctx context.Context, t *Target) (net.Conn, error) {
+// defaultKeepAlive is the TCP keep-alive idle time of backend connections
+// without WithDialer.
+const defaultKeepAlive = 15 * time.Second
+
+// dialsInLoop reports whether the backend of upgrade r to t is dialled
+// into an event loop (engine.Dial) rather than with the dialer: the proxy
+// uses its default dialer and event loops, the target is plain TCP at an
+// IP address, and the client's connection is HTTP/1.1 without TLS, so that
+// the tunnel will run in the loop too. Otherwise the tunnel's goroutines
+// would read a connection made for the loop.
+func (p *Proxy) dialsInLoop(r *http.Request, t *Target) bool {
+	return p.loopDial && !t.tls && t.ip.IsValid() && r.TLS == nil && r.ProtoMajor == 1
+}
+
+// dial connects to the target, with TLS for wss and https targets, and
+// into an event loop if inLoop (see dialsInLoop).
+func (p *Proxy) dial(ctx context.Context, t *Target, inLoop bool) (net.Conn, error) {
 	if p.cfg.dialTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, p.cfg.dialTimeout)
 		defer cancel()
 	}
-	conn, err := p.dialFn(ctx, "tcp", t.addr)
+	var conn net.Conn
+	var err error
+	if inLoop {
+		conn, err = engine.Dial(ctx, t.ip, defaultKeepAlive)
+	} else {
+		conn, err = p.dialFn(ctx, "tcp", t.addr)
+	}
 	if err != nil {
 		return nil, &BackendError{Target: t.raw, Op: "dial", Err: fmt.Errorf("%w: %w", ErrDial, err)}
 	}

@@ -93,6 +93,9 @@ func (tn *Tunnel) moveToLoop() {
 		return
 	}
 	l := g.Pick()
+	if dc, ok := tn.back.(*evloop.Conn); ok {
+		l = dc.Loop() // dialled into a loop (Dial): the tunnel joins it
+	}
 	cs, err := newSock(tn, l, tn.client, true)
 	if err != nil {
 		return
@@ -103,15 +106,19 @@ func (tn *Tunnel) moveToLoop() {
 		return
 	}
 	tn.client.Close()
-	tn.back.Close()
+	tn.back.Close() // nothing, for an adopted evloop.Conn
 	tn.client, tn.back = cs, bs
 	tn.up.parkable, tn.down.parkable = false, false
 	tn.up.spliceOK, tn.down.spliceOK = false, false
 }
 
-// newSock registers a copy of c's descriptor with l. Its handler does
+// newSock registers a copy of c's descriptor with l, or takes over the
+// registration of a connection from Dial, which is l's. Its handler does
 // nothing but note events until Start.
 func newSock(tn *Tunnel, l *evloop.Loop, c net.Conn, isClient bool) (*sock, error) {
+	if dc, ok := c.(*evloop.Conn); ok {
+		return adoptSock(tn, dc, isClient), nil
+	}
 	fd, err := evloop.DupConn(c.(syscall.Conn))
 	if err != nil {
 		return nil, err
