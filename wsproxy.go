@@ -24,8 +24,8 @@ type Proxy struct {
 	// where they can (dialsInLoop), as the proxy dials with its default
 	// dialer and its tunnels run in event loops.
 	loopDial bool
-	log    *slog.Logger
-	set    atomic.Pointer[targetSet]
+	log      *slog.Logger
+	set      atomic.Pointer[targetSet]
 
 	ctx    context.Context // ended by Close: aborts dials and handshakes
 	cancel context.CancelFunc
