@@ -248,6 +248,12 @@ func (p *Proxy) setOwnHeaders(h http.Header, key string) {
 // saw. -Proto is "http" or "https" (whether the client reached this server
 // over TLS), the values web frameworks expect, not "ws"/"wss".
 func (p *Proxy) setForwarded(h http.Header, r *http.Request, trusted bool) {
+	vals := make([]string, 0, 3) // one allocation, full slices of it
+	set := func(k, v string) {
+		vals = append(vals, v)
+		n := len(vals)
+		h[k] = vals[n-1 : n : n]
+	}
 	ip := clientIP(r)
 	if trusted {
 		if prior := h["X-Forwarded-For"]; len(prior) > 0 && ip != "" {
@@ -255,20 +261,20 @@ func (p *Proxy) setForwarded(h http.Header, r *http.Request, trusted bool) {
 		}
 		if len(h["X-Forwarded-Host"]) > 0 && len(h["X-Forwarded-Proto"]) > 0 {
 			if ip != "" {
-				h["X-Forwarded-For"] = []string{ip}
+				set("X-Forwarded-For", ip)
 			}
 			return
 		}
 	}
 	if ip != "" {
-		h["X-Forwarded-For"] = []string{ip}
+		set("X-Forwarded-For", ip)
 	}
-	h["X-Forwarded-Host"] = []string{r.Host}
+	set("X-Forwarded-Host", r.Host)
 	proto := "http"
 	if r.TLS != nil {
 		proto = "https"
 	}
-	h["X-Forwarded-Proto"] = []string{proto}
+	set("X-Forwarded-Proto", proto)
 }
 
 func clientIP(r *http.Request) string {
@@ -756,6 +762,13 @@ func answerHeader(pre http.Header, resp *http.Response) http.Header {
 	return h
 }
 
+// The values of the 101's own headers, shared by every answer: h in
+// write101 is only written out, never changed.
+var (
+	upgradeWebsocket  = []string{"websocket"}
+	connectionUpgrade = []string{"Upgrade"}
+)
+
 // write101 answers the client. The response carries the backend's accept
 // value, subprotocol and extensions, its other end-to-end headers (cookies,
 // for example) and whatever a middleware put in w.Header() before the proxy
@@ -763,8 +776,8 @@ func answerHeader(pre http.Header, resp *http.Response) http.Header {
 func write101(conn net.Conn, pre http.Header, resp *http.Response, timeout time.Duration) error {
 	h := answerHeader(pre, resp)
 	h["Sec-Websocket-Accept"] = resp.Header["Sec-Websocket-Accept"] // checked against the client's key
-	h["Upgrade"] = []string{"websocket"}
-	h["Connection"] = []string{"Upgrade"}
+	h["Upgrade"] = upgradeWebsocket
+	h["Connection"] = connectionUpgrade
 	for k, vv := range h {
 		for _, v := range vv {
 			if !httpguts.ValidHeaderFieldName(k) || !httpguts.ValidHeaderFieldValue(v) {
