@@ -105,7 +105,9 @@ func TestDeadTargetCostsOneDialPerCooldown(t *testing.T) {
 	good := newEcho(t)
 	const dead = "127.0.0.1:9" // never dialled for real: the dialer fails it
 	d := newCountingDialer(dead)
-	const cooldown = 100 * time.Millisecond
+	// Long enough for ten upgrades, then six at once, on a loaded machine
+	// under -race: each part must fit inside one cool-down.
+	const cooldown = 500 * time.Millisecond
 	p, url := newProxy(t, []string{"ws://" + dead, good}, WithDialer(d.dial), WithPassiveHealth(1, time.Minute, cooldown))
 
 	for range 10 {

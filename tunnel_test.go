@@ -216,14 +216,15 @@ func TestTunnelInfoRemoteAddrFromMiddleware(t *testing.T) {
 }
 
 // TestTunnelSize guards the idle-memory figure: an idle tunnel is mostly
-// this struct (the engine's tunnel and both its pumps inside), and 352
+// this struct (the engine's tunnel and both its pumps inside), and 320
 // bytes is one of Go's size classes; a field more moves every tunnel to the
 // next class (+32 bytes). Grow it knowingly, and move what only some
 // tunnels need behind a pointer (tunnelExtra, the engine's ending and
-// clock).
+// clock). Under the loop driver the tunnel's two sockets are one more
+// allocation (internal/tunnel's TestSockSize).
 func TestTunnelSize(t *testing.T) {
-	if size := unsafe.Sizeof(tunnel{}); size > 352 {
-		t.Fatalf("tunnel is %d bytes, more than the 352 the idle-memory budget allows", size)
+	if size := unsafe.Sizeof(tunnel{}); size > 320 {
+		t.Fatalf("tunnel is %d bytes, more than the 320 the idle-memory budget allows", size)
 	}
 }
 

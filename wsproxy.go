@@ -561,7 +561,7 @@ func (p *Proxy) toldClosed() {
 }
 
 func (p *Proxy) checkDrainedLocked() {
-	if p.state != running && p.inflight == 0 && p.tunnels.n == 0 && p.telling == 0 && p.drained != nil {
+	if p.state != running && p.inflight == 0 && p.tunnels.len() == 0 && p.telling == 0 && p.drained != nil {
 		select {
 		case <-p.drained:
 		default:
@@ -629,7 +629,7 @@ func (p *Proxy) Close() error {
 }
 
 func (p *Proxy) snapshotLocked() []*tunnel {
-	open := make([]*tunnel, 0, p.tunnels.n)
+	open := make([]*tunnel, 0, p.tunnels.len())
 	for tn := range p.tunnels.all() {
 		open = append(open, tn)
 	}
@@ -675,7 +675,7 @@ func (p *Proxy) Stats() Stats {
 		live[t] = &s.Targets[i]
 	}
 	p.mu.Lock()
-	s.Open = p.tunnels.n + p.inflight
+	s.Open = p.tunnels.len() + p.inflight
 	s.ClientToBackend = Traffic{Bytes: p.closedUp.bytes.Load(), Messages: p.closedUp.messages.Load()}
 	s.BackendToClient = Traffic{Bytes: p.closedDown.bytes.Load(), Messages: p.closedDown.messages.Load()}
 	for tn := range p.tunnels.all() {

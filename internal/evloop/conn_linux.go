@@ -24,7 +24,7 @@ import (
 // copying goroutines use a connection; deadlines and Close may come from
 // any goroutine and wake a waiting Read or Write.
 type Conn struct {
-	reg    *Reg
+	reg    Reg // registered in place (Register)
 	remote netip.AddrPort
 	wake   connWake
 
@@ -84,8 +84,7 @@ func Dial(ctx context.Context, l *Loop, addr netip.AddrPort, keepAlive time.Dura
 		return fail(os.NewSyscallError("connect", cerr))
 	}
 	c := &Conn{remote: addr, wake: connWake{read: make(chan struct{}, 1), write: make(chan struct{}, 1)}}
-	c.reg, err = l.Add(fd, &c.wake)
-	if err != nil {
+	if err := l.Register(&c.reg, fd, &c.wake); err != nil {
 		syscall.Close(fd)
 		return fail(err)
 	}
@@ -128,7 +127,7 @@ func (c *Conn) connected(ctx context.Context) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
-	n, err := syscall.GetsockoptInt(c.reg.fd, syscall.SOL_SOCKET, syscall.SO_ERROR)
+	n, err := syscall.GetsockoptInt(c.reg.Fd(), syscall.SOL_SOCKET, syscall.SO_ERROR)
 	switch {
 	case err != nil:
 		return os.NewSyscallError("getsockopt", err)
@@ -186,21 +185,24 @@ func setTCPOptions(fd int, keepAlive time.Duration) {
 // Loop returns the loop the connection is registered with.
 func (c *Conn) Loop() *Loop { return c.reg.l }
 
-// Adopt hands the connection's registration to h, which gets the socket's
-// events from the loop's next round on, and returns it: the caller now owns
-// the socket and closes it with Reg.Close. Events that came before went to
-// the Conn, so h must first assume the socket readable. The Conn is done:
-// its Close does nothing, and its Read and Write fail with net.ErrClosed.
-// No Read or Write may be running.
-func (c *Conn) Adopt(h Handler) *Reg {
+// Adopt moves the connection's registration into r, a zero Reg of the
+// caller's (as Register takes one), with h as its handler: the socket's
+// events reach h from now on, and the caller owns the socket and closes it
+// with r.Close. An event the loop took before may still reach the Conn,
+// so h must first assume the socket readable. The Conn is done: its Close
+// does nothing, and its Read and Write fail with net.ErrClosed. No Read or
+// Write may be running.
+func (c *Conn) Adopt(r *Reg, h Handler) {
 	c.mu.Lock()
 	c.done = true
 	c.mu.Unlock()
-	r := c.reg
-	// The loop runs while r is registered, so Post cannot fail; the handler
-	// changes on the loop's goroutine, the only one that reads it.
-	_ = r.l.Post(func() { r.h = h })
-	return r
+	l := c.reg.l
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	// The slot and generation in the epoll events stay; the slot now
+	// names r, as lookups happen under l.mu.
+	r.l, r.h, r.fd, r.slot, r.gen = l, h, c.reg.fd, c.reg.slot, c.reg.gen
+	l.regs[r.slot] = r
 }
 
 // Read reads into p, waiting for the loop's word that bytes came.
@@ -248,7 +250,7 @@ func (c *Conn) call(by *atomic.Int64, sys func(int, []byte) (int, error), p []by
 	case expired(by.Load()):
 		return 0, os.ErrDeadlineExceeded
 	}
-	return sys(c.reg.fd, p)
+	return sys(c.reg.Fd(), p)
 }
 
 func expired(by int64) bool { return by != 0 && time.Now().UnixNano() >= by }
@@ -285,7 +287,7 @@ func (c *Conn) CloseWrite() error {
 	if c.done {
 		return c.opError("close", net.ErrClosed)
 	}
-	return ShutdownWrite(c.reg.fd)
+	return ShutdownWrite(c.reg.Fd())
 }
 
 // Close ends the connection: a waiting Read or Write returns
@@ -345,7 +347,7 @@ func (c *Conn) LocalAddr() net.Addr {
 	if c.done {
 		return nil
 	}
-	sa, err := syscall.Getsockname(c.reg.fd)
+	sa, err := syscall.Getsockname(c.reg.Fd())
 	if err != nil {
 		return nil
 	}

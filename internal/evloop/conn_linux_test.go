@@ -257,7 +257,8 @@ func TestAdopt(t *testing.T) {
 			got <- string(buf[:n])
 		}
 	}
-	r := c.Adopt(HandlerFunc(func(reg *Reg, ev Events) {
+	r := new(Reg)
+	c.Adopt(r, HandlerFunc(func(reg *Reg, ev Events) {
 		if ev&Readable != 0 {
 			read(reg.Fd())
 		}

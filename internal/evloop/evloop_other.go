@@ -16,6 +16,9 @@ func NewLoop() (*Loop, error) { return nil, ErrUnsupported }
 // Add returns ErrUnsupported.
 func (l *Loop) Add(fd int, h Handler) (*Reg, error) { return nil, ErrUnsupported }
 
+// Register returns ErrUnsupported.
+func (l *Loop) Register(r *Reg, fd int, h Handler) error { return ErrUnsupported }
+
 // Post returns ErrUnsupported.
 func (l *Loop) Post(f func()) error { return ErrUnsupported }
 

@@ -13,11 +13,11 @@ import (
 // the short-read rule in the package doc).
 func Read(fd int, p []byte) (int, error) {
 	for {
-		n, err := syscall.Read(fd, p)
+		n, err := rawRead(fd, p)
 		switch {
-		case err == nil && n == 0 && len(p) > 0:
+		case err == 0 && n == 0 && len(p) > 0:
 			return 0, io.EOF
-		case err == nil:
+		case err == 0:
 			return n, nil
 		case err == syscall.EINTR:
 			continue
@@ -36,11 +36,11 @@ func Read(fd int, p []byte) (int, error) {
 // too.
 func Write(fd int, p []byte) (int, error) {
 	for {
-		n, err := syscall.Write(fd, p)
+		n, err := rawWrite(fd, p)
 		switch {
-		case err == nil && n == len(p):
+		case err == 0 && n == len(p):
 			return n, nil
-		case err == nil:
+		case err == 0:
 			return n, ErrWouldBlock
 		case err == syscall.EINTR:
 			continue

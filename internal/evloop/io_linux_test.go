@@ -3,6 +3,7 @@ package evloop
 import (
 	"errors"
 	"io"
+	"os"
 	"syscall"
 	"testing"
 
@@ -98,14 +99,39 @@ func TestReadWriteNonBlocking(t *testing.T) {
 // not a signal.
 func TestWriteToAResetSocket(t *testing.T) {
 	t.Parallel()
-	c, fd := dupServer(t)
-	defer syscall.Close(fd)
-	require.NoError(t, c.SetLinger(0))
-	require.NoError(t, c.Close()) // an RST
+	fd := resetSocket(t)
 	require.True(t, waitFor(testTimeout, func() bool {
 		_, err := Write(fd, []byte("x"))
 		return err != nil
 	}))
 	_, err := Write(fd, []byte("x"))
 	assert.True(t, errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE), "got %v", err)
+}
+
+// A read of a socket the peer has reset returns the socket's error, as
+// *os.SyscallError, not io.EOF or ErrWouldBlock.
+func TestReadFromAResetSocket(t *testing.T) {
+	t.Parallel()
+	fd := resetSocket(t)
+	buf := make([]byte, 64)
+	var err error
+	require.True(t, waitFor(testTimeout, func() bool {
+		_, err = Read(fd, buf)
+		return !errors.Is(err, ErrWouldBlock)
+	}))
+	var se *os.SyscallError
+	require.ErrorAs(t, err, &se)
+	assert.Equal(t, "read", se.Syscall)
+	assert.ErrorIs(t, err, syscall.ECONNRESET)
+}
+
+// resetSocket returns a descriptor of a socket whose peer has reset it,
+// closed at the end of the test.
+func resetSocket(t *testing.T) int {
+	t.Helper()
+	c, fd := dupServer(t)
+	t.Cleanup(func() { syscall.Close(fd) })
+	require.NoError(t, c.SetLinger(0))
+	require.NoError(t, c.Close()) // an RST
+	return fd
 }

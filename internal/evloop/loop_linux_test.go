@@ -14,11 +14,20 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"github.com/wsproxy/wsproxy/internal/wstest"
 )
+
+// TestRegSize guards the registration's size: every idle socket of the
+// loop driver carries one inside its own value (Register), so a byte more
+// here is a byte more per socket, and 40 keeps the tunnel package's pair of
+// sockets in its size class.
+func TestRegSize(t *testing.T) {
+	assert.LessOrEqual(t, unsafe.Sizeof(Reg{}), uintptr(40))
+}
 
 // post runs f on l and waits for it.
 func post(t testing.TB, l *Loop, f func()) {

@@ -94,7 +94,7 @@ var wakeOne = binary.NativeEndian.AppendUint64(nil, 1)
 // as good as success: the eventfd is readable anyway.
 func (p *poller) wake() {
 	for {
-		_, err := syscall.Write(p.efd, wakeOne)
+		_, err := rawWrite(p.efd, wakeOne)
 		if err != syscall.EINTR {
 			return
 		}
@@ -107,7 +107,7 @@ func (p *poller) wake() {
 func (p *poller) drainWake() {
 	var buf [8]byte
 	for {
-		_, err := syscall.Read(p.efd, buf[:])
+		_, err := rawRead(p.efd, buf[:])
 		if err != syscall.EINTR {
 			return
 		}
@@ -137,8 +137,8 @@ func (l *Loop) serve(p *poller) {
 // stops (true) or parks until the epoll fd is readable again (false).
 func (l *Loop) round(p *poller) bool {
 	for {
-		n, err := syscall.EpollWait(p.epfd, p.events, 0)
-		if err != nil {
+		n, err := pollNow(p.epfd, p.events)
+		if err != 0 {
 			n = 0 // EINTR, the only error on a valid instance and buffer
 		}
 		tasks := l.collect(p, n)

@@ -33,12 +33,11 @@ func dialledInLoop(c net.Conn) bool {
 	return ok
 }
 
-// adoptSock makes the sock of a connection from Dial, taking over its
-// registration in its loop (the tunnel's).
-func adoptSock(tn *Tunnel, c *evloop.Conn, isClient bool) *sock {
-	s := &sock{t: tn, isClient: isClient, readable: true}
+// adopt makes s, a zero sock, the sock of a connection from Dial, taking
+// over its registration in its loop (the tunnel's).
+func (s *sock) adopt(tn *Tunnel, c *evloop.Conn, isClient bool) {
+	s.t, s.isClient, s.readable = tn, isClient, true
 	ap := c.RemoteAddrPort()
 	s.peerIP, s.peerPort = ap.Addr().Unmap(), ap.Port()
-	s.reg = c.Adopt(s)
-	return s
+	c.Adopt(&s.reg, s)
 }

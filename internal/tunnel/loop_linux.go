@@ -44,9 +44,13 @@ import (
 //     loop.
 //
 // Fields marked "loop" are touched on the loop's goroutine only.
+//
+// A sock is 128 bytes (TestSockSize), so that a tunnel's two, allocated
+// together (sockPair), fill one 256-byte size class: what only a socket
+// near its end needs waits behind ending.
 type sock struct {
 	t   *Tunnel
-	reg *evloop.Reg
+	reg evloop.Reg // registered in place: no allocation of its own
 	// The peer's address, kept from the net.Conn in 26 bytes without a
 	// pointer to chase rather than a *net.TCPAddr (80 bytes with its IP).
 	peerIP   netip.Addr
@@ -67,12 +71,14 @@ type sock struct {
 	shutWanted bool       // CloseWrite came while the backlog held bytes
 	shut       bool       // the FIN went out
 	backlog    []byte     // written, not yet taken by the kernel
-	werr       error      // a write failed: every later write fails so
-	dl         *deadlines // nil until a deadline is set
+	ending     *sockEnd   // nil until a deadline is set or a write failed
 }
 
-// deadlines are a sock's timers, which only a tunnel's end sets.
-type deadlines struct {
+// A sockEnd holds what a socket needs only as it ends: the timers of
+// the deadlines, which only a tunnel's end sets, and the error of a failed
+// write. sock.mu guards it.
+type sockEnd struct {
+	werr        error // a write failed: every later write fails so
 	read, write *time.Timer
 	rgen, wgen  uint32 // count the deadlines set, so a timer that fires late knows it is stale
 	writeBy     int64  // unix nanoseconds after which writes fail; 0: never
@@ -85,6 +91,9 @@ var loops = sync.OnceValues(func() (*evloop.Group, error) { return evloop.NewGro
 // loopCount is set by the tests only, before the first tunnel.
 var loopCount int
 
+// A sockPair is a tunnel's two sockets in one allocation.
+type sockPair struct{ client, back sock }
+
 // moveToLoop takes both sockets out of their net.Conns into one loop. If
 // anything fails, the tunnel stays with its net.Conns and the goroutines.
 func (tn *Tunnel) moveToLoop() {
@@ -96,12 +105,12 @@ func (tn *Tunnel) moveToLoop() {
 	if dc, ok := tn.back.(*evloop.Conn); ok {
 		l = dc.Loop() // dialled into a loop (Dial): the tunnel joins it
 	}
-	cs, err := newSock(tn, l, tn.client, true)
-	if err != nil {
+	pair := new(sockPair)
+	cs, bs := &pair.client, &pair.back
+	if err := cs.init(tn, l, tn.client, true); err != nil {
 		return
 	}
-	bs, err := newSock(tn, l, tn.back, false)
-	if err != nil {
+	if err := bs.init(tn, l, tn.back, false); err != nil {
 		cs.reg.Close()
 		return
 	}
@@ -112,29 +121,28 @@ func (tn *Tunnel) moveToLoop() {
 	tn.up.spliceOK, tn.down.spliceOK = false, false
 }
 
-// newSock registers a copy of c's descriptor with l, or takes over the
-// registration of a connection from Dial, which is l's. Its handler does
-// nothing but note events until Start.
-func newSock(tn *Tunnel, l *evloop.Loop, c net.Conn, isClient bool) (*sock, error) {
+// init registers a copy of c's descriptor with l, or takes over the
+// registration of a connection from Dial, which is l's, for the zero sock
+// s. Its handler does nothing but note events until Start.
+func (s *sock) init(tn *Tunnel, l *evloop.Loop, c net.Conn, isClient bool) error {
 	if dc, ok := c.(*evloop.Conn); ok {
-		return adoptSock(tn, dc, isClient), nil
+		s.adopt(tn, dc, isClient)
+		return nil
 	}
 	fd, err := evloop.DupConn(c.(syscall.Conn))
 	if err != nil {
-		return nil, err
+		return err
 	}
-	s := &sock{t: tn, isClient: isClient, readable: true}
+	s.t, s.isClient, s.readable = tn, isClient, true
 	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		ap := ta.AddrPort()
 		s.peerIP, s.peerPort = ap.Addr().Unmap(), ap.Port()
 	}
-	reg, err := l.Add(fd, s)
-	if err != nil {
+	if err := l.Register(&s.reg, fd, s); err != nil {
 		syscall.Close(fd)
-		return nil, err
+		return err
 	}
-	s.reg = reg
-	return s, nil
+	return nil
 }
 
 // startLoop starts a tunnel of the loop driver and reports whether it is
@@ -343,8 +351,11 @@ func (s *sock) flushBacklog() bool {
 func (s *sock) dropLocked(err error) {
 	s.writer().bytes.Add(-int64(len(s.backlog)))
 	s.backlog = nil
-	if s.werr == nil {
-		s.werr = err
+	if s.closed {
+		return // Write answers net.ErrClosed: no ending to make for err
+	}
+	if e := s.endingLocked(); e.werr == nil {
+		e.werr = err
 	}
 }
 
@@ -356,9 +367,9 @@ func (s *sock) Write(b []byte) (int, error) {
 	switch {
 	case s.closed:
 		return 0, net.ErrClosed
-	case s.werr != nil:
-		return 0, s.werr
-	case s.dl != nil && s.dl.writeBy != 0 && time.Now().UnixNano() >= s.dl.writeBy:
+	case s.ending != nil && s.ending.werr != nil:
+		return 0, s.ending.werr
+	case s.ending != nil && s.ending.writeBy != 0 && time.Now().UnixNano() >= s.ending.writeBy:
 		return 0, os.ErrDeadlineExceeded
 	case len(s.backlog) > 0:
 		s.backlog = append(s.backlog, b...)
@@ -372,7 +383,7 @@ func (s *sock) Write(b []byte) (int, error) {
 		s.backlog = append([]byte(nil), b[n:]...)
 		return len(b), nil
 	}
-	s.werr = err
+	s.endingLocked().werr = err
 	return n, err
 }
 
@@ -401,7 +412,7 @@ func (s *sock) Close() error {
 	}
 	s.closed = true
 	s.dropLocked(net.ErrClosed)
-	if d := s.dl; d != nil {
+	if d := s.ending; d != nil {
 		stop(d.read)
 		stop(d.write)
 	}
@@ -431,7 +442,7 @@ func (s *sock) SetReadDeadline(t time.Time) error {
 	if s.closed {
 		return net.ErrClosed
 	}
-	d := s.deadlinesLocked()
+	d := s.endingLocked()
 	s.rearm(&d.read, &d.rgen, t, s.readExpired)
 	return nil
 }
@@ -444,7 +455,7 @@ func (s *sock) SetWriteDeadline(t time.Time) error {
 	if s.closed {
 		return net.ErrClosed
 	}
-	d := s.deadlinesLocked()
+	d := s.endingLocked()
 	d.writeBy = 0
 	if !t.IsZero() {
 		d.writeBy = t.UnixNano()
@@ -471,11 +482,12 @@ func (s *sock) SetDeadline(t time.Time) error {
 	return errors.Join(s.SetReadDeadline(t), s.SetWriteDeadline(t))
 }
 
-func (s *sock) deadlinesLocked() *deadlines {
-	if s.dl == nil {
-		s.dl = new(deadlines)
+// endingLocked returns the sock's ending, made on first use. s.mu is held.
+func (s *sock) endingLocked() *sockEnd {
+	if s.ending == nil {
+		s.ending = new(sockEnd)
 	}
-	return s.dl
+	return s.ending
 }
 
 // onLoop runs f on the loop. The registration keeps the loop running
@@ -485,7 +497,7 @@ func (s *sock) onLoop(f func()) { _ = s.reg.Loop().Post(f) }
 
 func (s *sock) readExpired(gen uint32) {
 	s.mu.Lock()
-	current := !s.closed && s.dl.rgen == gen
+	current := !s.closed && s.ending.rgen == gen
 	s.mu.Unlock()
 	if current {
 		s.endRead(os.ErrDeadlineExceeded)
@@ -494,7 +506,7 @@ func (s *sock) readExpired(gen uint32) {
 
 func (s *sock) writeExpired(gen uint32) {
 	s.mu.Lock()
-	held := !s.closed && s.dl.wgen == gen && len(s.backlog) > 0
+	held := !s.closed && s.ending.wgen == gen && len(s.backlog) > 0
 	if held {
 		s.dropLocked(os.ErrDeadlineExceeded)
 	}

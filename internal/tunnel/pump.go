@@ -41,13 +41,12 @@ type pump struct {
 
 	// Write state, guarded by mu: whoever holds mu may write to dst.
 	mu      sync.Mutex
+	flags   pumpFlags     // fHasPending, fSentClose, fDstShut, fSrcClosed, fCloseOut; src's close code
 	pending *pendingFrame // a control frame to write at the next boundary
-	flags   pumpFlags     // fHasPending, fSentClose, fDstShut, fSrcClosed, fCloseOut
 
 	// Observed facts, read by the tunnel and Stats.
-	closeCode atomic.Int32 // code of the close frame src sent (1005 if it had none)
-	bytes     atomic.Int64 // bytes written to dst, the tunnel's own frames included
-	messages  atomic.Int64 // data messages forwarded
+	bytes    atomic.Int64 // bytes written to dst, the tunnel's own frames included
+	messages atomic.Int64 // data messages forwarded
 }
 
 // dir is the pump's index in the clock: 0 up, 1 down.
@@ -65,8 +64,13 @@ func (p *pump) sawRead(now int64) {
 	}
 }
 
-// pumpFlags are a pump's facts that other goroutines read, in one word.
+// pumpFlags are a pump's facts that other goroutines read, in one word:
+// the bits below, and above closeCodeShift the code of the close frame src
+// sent (1005 if it had none, 0 before), which a word of its own would cost
+// every tunnel 16 bytes (TestTunnelSize).
 type pumpFlags struct{ v atomic.Uint32 }
+
+const closeCodeShift = 16
 
 const (
 	fHasPending uint32 = 1 << iota // pending holds a frame
@@ -82,6 +86,19 @@ func (f *pumpFlags) clear(bit uint32)    { f.v.And(^bit) }
 
 // setOnce sets bit and reports whether this call set it.
 func (f *pumpFlags) setOnce(bit uint32) bool { return f.v.Or(bit)&bit == 0 }
+
+// setCloseCode records the code of src's close frame, unless one was
+// recorded before.
+func (f *pumpFlags) setCloseCode(code uint16) {
+	for {
+		old := f.v.Load()
+		if old>>closeCodeShift != 0 || f.v.CompareAndSwap(old, old|uint32(code)<<closeCodeShift) {
+			return
+		}
+	}
+}
+
+func (f *pumpFlags) closeCode() int { return int(f.v.Load() >> closeCodeShift) }
 
 // A pendingFrame is a control frame of the tunnel's waiting for a frame
 // boundary.
@@ -149,7 +166,7 @@ func (p *pump) wake() {
 }
 
 func (p *pump) traffic() Traffic {
-	return Traffic{Bytes: p.bytes.Load(), Messages: p.messages.Load(), CloseCode: int(p.closeCode.Load())}
+	return Traffic{Bytes: p.bytes.Load(), Messages: p.messages.Load(), CloseCode: p.flags.closeCode()}
 }
 
 // run is the pump's goroutine: read, track frames, write, until src ends
@@ -372,7 +389,7 @@ func (p *pump) control(frame []byte, op byte) int {
 		}
 	case wsframe.OpClose:
 		code, _ := wsframe.ParseClose(pl)
-		p.closeCode.CompareAndSwap(0, int32(code))
+		p.flags.setCloseCode(code)
 		p.flags.set(fSrcClosed)
 		return closeFrame
 	}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -209,4 +210,11 @@ func TestEngineLimits(t *testing.T) {
 		assert.Equal(t, ReasonIdleTimeout, r.Reason)
 		assert.False(t, errors.Is(r.Err, net.ErrClosed))
 	})
+}
+
+// TestPumpSize guards a pump's 80 bytes: the tunnel holds two, and the
+// proxy's tunnel around it fills its size class (the root package's
+// TestTunnelSize).
+func TestPumpSize(t *testing.T) {
+	assert.LessOrEqual(t, unsafe.Sizeof(pump{}), uintptr(80))
 }
