@@ -387,7 +387,7 @@ func (p *Proxy) observeProbe(t *Target, hc *HealthCheck, err error) {
 func (p *Proxy) probe(ctx context.Context, t *Target, hc *HealthCheck) error {
 	ctx, cancel := context.WithTimeout(ctx, hc.Timeout)
 	defer cancel()
-	conn, err := p.dial(ctx, t)
+	conn, err := p.dial(ctx, t, false)
 	if err != nil {
 		return err
 	}

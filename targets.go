@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -40,8 +41,9 @@ type Target struct {
 	// Backup targets get tunnels only when no primary target can.
 	Backup bool
 
-	raw  string // the string the target was parsed from
-	addr string // host:port to dial
+	raw  string         // the string the target was parsed from
+	addr string         // host:port to dial
+	ip   netip.AddrPort // addr, where its host is an IP literal without a zone: it can be dialled into an event loop
 	tls  bool
 	hash uint64 // FNV-1a of the URL alone, so a weight change moves no hashed key
 
@@ -134,6 +136,9 @@ func parseTarget(s string) (*Target, error) {
 		return nil, fmt.Errorf("%w %q: bad port %q", ErrBadTarget, s, port)
 	}
 	t.addr = net.JoinHostPort(u.Hostname(), port)
+	if ap, err := netip.ParseAddrPort(t.addr); err == nil && ap.Addr().Zone() == "" {
+		t.ip = ap
+	}
 
 	for _, f := range fields[1:] {
 		key, val, hasVal := strings.Cut(f, "=")

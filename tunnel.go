@@ -3,6 +3,7 @@ package wsproxy
 import (
 	"iter"
 	"net"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -93,12 +94,25 @@ func newTunnel(p *Proxy, t *Target, client, back net.Conn, info TunnelInfo) *tun
 	// access token, say) would otherwise keep alive for the tunnel's life.
 	tn := &tunnel{p: p, target: t, path: strings.Clone(info.Path), subprotocol: info.Subprotocol, opened: info.Start.Sub(clockBase)}
 	tn.Init(&p.engine, tn, client, back)
-	if ra := client.RemoteAddr(); ra == nil || ra.String() != info.RemoteAddr {
+	if !isAddr(client.RemoteAddr(), info.RemoteAddr) {
 		x := tn.extraInfo()
 		x.remoteAddr, x.hasRemoteAddr = info.RemoteAddr, true
 	}
 	tn.protoMajor, tn.protoMinor, _ = parseProto(info.Proto)
 	return tn
+}
+
+// isAddr reports whether a's String is s; it spares a TCP address (every
+// HTTP/1.1 client's) the formatting and the allocation.
+func isAddr(a net.Addr, s string) bool {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		// A v4 address may be in 16 bytes, and prints as 4.
+		if ap, err := netip.ParseAddrPort(s); err == nil && !ap.Addr().Is4In6() && ta.Zone == ap.Addr().Zone() {
+			got := ta.AddrPort()
+			return got.Port() == ap.Port() && got.Addr().Unmap() == ap.Addr()
+		}
+	}
+	return a != nil && a.String() == s
 }
 
 // info describes the tunnel to hooks and logs.

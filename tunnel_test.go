@@ -281,3 +281,34 @@ func TestHalfCloseFromBackend(t *testing.T) {
 		t.Fatal("backend got nothing after its half-close")
 	}
 }
+
+func TestIsAddr(t *testing.T) {
+	t.Parallel()
+	v4 := net.ParseIP("192.0.2.1") // 16 bytes
+	tests := []struct {
+		name string
+		give net.Addr
+		s    string
+		want bool
+	}{
+		{"same v4", &net.TCPAddr{IP: v4.To4(), Port: 80}, "192.0.2.1:80", true},
+		{"v4 in 16 bytes", &net.TCPAddr{IP: v4, Port: 80}, "192.0.2.1:80", true},
+		{"other port", &net.TCPAddr{IP: v4, Port: 80}, "192.0.2.1:81", false},
+		{"other ip", &net.TCPAddr{IP: v4, Port: 80}, "192.0.2.2:80", false},
+		{"v6", &net.TCPAddr{IP: net.ParseIP("2001:db8::1"), Port: 80}, "[2001:db8::1]:80", true},
+		{"v6 zone", &net.TCPAddr{IP: net.ParseIP("fe80::1"), Port: 80, Zone: "lo"}, "[fe80::1%lo]:80", true},
+		{"zone missing", &net.TCPAddr{IP: net.ParseIP("fe80::1"), Port: 80}, "[fe80::1%lo]:80", false},
+		{"mapped text", &net.TCPAddr{IP: v4, Port: 80}, "[::ffff:192.0.2.1]:80", false},
+		{"not an address", &net.TCPAddr{IP: v4, Port: 80}, "client-7", false},
+		{"unix", &net.UnixAddr{Name: "/tmp/s", Net: "unix"}, "/tmp/s", true},
+		{"nil", nil, "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.give != nil {
+				assert.Equal(t, tt.give.String() == tt.s, tt.want, "the oracle: String")
+			}
+			assert.Equal(t, tt.want, isAddr(tt.give, tt.s))
+		})
+	}
+}

@@ -20,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+
+	engine "github.com/wsproxy/wsproxy/internal/tunnel"
 )
 
 // websocketGUID is appended to the key to compute Sec-WebSocket-Accept
@@ -246,6 +248,12 @@ func (p *Proxy) setOwnHeaders(h http.Header, key string) {
 // saw. -Proto is "http" or "https" (whether the client reached this server
 // over TLS), the values web frameworks expect, not "ws"/"wss".
 func (p *Proxy) setForwarded(h http.Header, r *http.Request, trusted bool) {
+	vals := make([]string, 0, 3) // one allocation, full slices of it
+	set := func(k, v string) {
+		vals = append(vals, v)
+		n := len(vals)
+		h[k] = vals[n-1 : n : n]
+	}
 	ip := clientIP(r)
 	if trusted {
 		if prior := h["X-Forwarded-For"]; len(prior) > 0 && ip != "" {
@@ -253,20 +261,20 @@ func (p *Proxy) setForwarded(h http.Header, r *http.Request, trusted bool) {
 		}
 		if len(h["X-Forwarded-Host"]) > 0 && len(h["X-Forwarded-Proto"]) > 0 {
 			if ip != "" {
-				h["X-Forwarded-For"] = []string{ip}
+				set("X-Forwarded-For", ip)
 			}
 			return
 		}
 	}
 	if ip != "" {
-		h["X-Forwarded-For"] = []string{ip}
+		set("X-Forwarded-For", ip)
 	}
-	h["X-Forwarded-Host"] = []string{r.Host}
+	set("X-Forwarded-Host", r.Host)
 	proto := "http"
 	if r.TLS != nil {
 		proto = "https"
 	}
-	h["X-Forwarded-Proto"] = []string{proto}
+	set("X-Forwarded-Proto", proto)
 }
 
 func clientIP(r *http.Request) string {
@@ -514,14 +522,35 @@ func (l *limitReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// dial connects to the target, with TLS for wss and https targets.
-func (p *Proxy) dial(ctx context.Context, t *Target) (net.Conn, error) {
+// defaultKeepAlive is the TCP keep-alive idle time of backend connections
+// without WithDialer.
+const defaultKeepAlive = 15 * time.Second
+
+// dialsInLoop reports whether the backend of upgrade r to t is dialled
+// into an event loop (engine.Dial) rather than with the dialer: the proxy
+// uses its default dialer and event loops, the target is plain TCP at an
+// IP address, and the client's connection is HTTP/1.1 without TLS, so that
+// the tunnel will run in the loop too. Otherwise the tunnel's goroutines
+// would read a connection made for the loop.
+func (p *Proxy) dialsInLoop(r *http.Request, t *Target) bool {
+	return p.loopDial && !t.tls && t.ip.IsValid() && r.TLS == nil && r.ProtoMajor == 1
+}
+
+// dial connects to the target, with TLS for wss and https targets, and
+// into an event loop if inLoop (see dialsInLoop).
+func (p *Proxy) dial(ctx context.Context, t *Target, inLoop bool) (net.Conn, error) {
 	if p.cfg.dialTimeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, p.cfg.dialTimeout)
 		defer cancel()
 	}
-	conn, err := p.dialFn(ctx, "tcp", t.addr)
+	var conn net.Conn
+	var err error
+	if inLoop {
+		conn, err = engine.Dial(ctx, t.ip, defaultKeepAlive)
+	} else {
+		conn, err = p.dialFn(ctx, "tcp", t.addr)
+	}
 	if err != nil {
 		return nil, &BackendError{Target: t.raw, Op: "dial", Err: fmt.Errorf("%w: %w", ErrDial, err)}
 	}
@@ -733,6 +762,13 @@ func answerHeader(pre http.Header, resp *http.Response) http.Header {
 	return h
 }
 
+// The values of the 101's own headers, shared by every answer: h in
+// write101 is only written out, never changed.
+var (
+	upgradeWebsocket  = []string{"websocket"}
+	connectionUpgrade = []string{"Upgrade"}
+)
+
 // write101 answers the client. The response carries the backend's accept
 // value, subprotocol and extensions, its other end-to-end headers (cookies,
 // for example) and whatever a middleware put in w.Header() before the proxy
@@ -740,8 +776,8 @@ func answerHeader(pre http.Header, resp *http.Response) http.Header {
 func write101(conn net.Conn, pre http.Header, resp *http.Response, timeout time.Duration) error {
 	h := answerHeader(pre, resp)
 	h["Sec-Websocket-Accept"] = resp.Header["Sec-Websocket-Accept"] // checked against the client's key
-	h["Upgrade"] = []string{"websocket"}
-	h["Connection"] = []string{"Upgrade"}
+	h["Upgrade"] = upgradeWebsocket
+	h["Connection"] = connectionUpgrade
 	for k, vv := range h {
 		for _, v := range vv {
 			if !httpguts.ValidHeaderFieldName(k) || !httpguts.ValidHeaderFieldValue(v) {

@@ -20,8 +20,12 @@ import (
 type Proxy struct {
 	cfg    config
 	dialFn func(ctx context.Context, network, addr string) (net.Conn, error)
-	log    *slog.Logger
-	set    atomic.Pointer[targetSet]
+	// loopDial: upgrades dial their backends into the tunnels' event loops
+	// where they can (dialsInLoop), as the proxy dials with its default
+	// dialer and its tunnels run in event loops.
+	loopDial bool
+	log      *slog.Logger
+	set      atomic.Pointer[targetSet]
 
 	ctx    context.Context // ended by Close: aborts dials and handshakes
 	cancel context.CancelFunc
@@ -89,7 +93,7 @@ func New(targets []string, opts ...Option) (*Proxy, error) {
 	}
 	p := &Proxy{cfg: cfg, dialFn: cfg.dial, log: cfg.logger}
 	if p.dialFn == nil {
-		d := &net.Dialer{KeepAlive: 15 * time.Second}
+		d := &net.Dialer{KeepAlive: defaultKeepAlive}
 		p.dialFn = d.DialContext
 	}
 	if p.log == nil {
@@ -97,6 +101,7 @@ func New(targets []string, opts ...Option) (*Proxy, error) {
 	}
 	p.limits.cfg = &p.cfg
 	p.engine = engineConfig(&p.cfg)
+	p.loopDial = cfg.dial == nil && p.engine.DialsInLoops()
 	p.ctx, p.cancel = context.WithCancel(context.Background())
 	p.indexSticky(set)
 	p.set.Store(set)
@@ -305,7 +310,7 @@ func (p *Proxy) attempt(ctx context.Context, r *http.Request, t *Target) (net.Co
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	conn, err := p.dial(ctx, t)
+	conn, err := p.dial(ctx, t, p.dialsInLoop(r, t))
 	if err != nil {
 		return nil, nil, nil, err
 	}

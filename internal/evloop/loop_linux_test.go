@@ -18,6 +18,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"github.com/wsproxy/wsproxy/internal/wstest"
 )
 
 // TestRegSize guards the registration's size: every idle socket of the
@@ -235,16 +236,9 @@ func TestPostOnlyLoopStops(t *testing.T) {
 // netpoller has one of each).
 func loopFds(t testing.TB) int {
 	t.Helper()
-	ents, err := os.ReadDir("/proc/self/fd")
-	require.NoError(t, err)
-	n := 0
-	for _, e := range ents {
-		link, _ := os.Readlink("/proc/self/fd/" + e.Name())
-		if link == "anon_inode:[eventpoll]" || link == "anon_inode:[eventfd]" {
-			n++
-		}
-	}
-	return n
+	return wstest.OpenFDs(t, func(link string) bool {
+		return link == "anon_inode:[eventpoll]" || link == "anon_inode:[eventfd]"
+	})
 }
 
 // The data of every epoll event names a slot and a generation: once a

@@ -107,6 +107,9 @@ func (tn *Tunnel) moveToLoop() {
 		return
 	}
 	l := g.Pick()
+	if dc, ok := tn.back.(*evloop.Conn); ok {
+		l = dc.Loop() // dialled into a loop (Dial): the tunnel joins it
+	}
 	pair := new(sockPair)
 	cs, bs := &pair.client, &pair.back
 	if err := cs.init(tn, l, tn.client, true); err != nil {
@@ -117,14 +120,19 @@ func (tn *Tunnel) moveToLoop() {
 		return
 	}
 	tn.client.Close()
-	tn.back.Close()
+	tn.back.Close() // nothing, for an adopted evloop.Conn
 	tn.client, tn.back = cs, bs
 	tn.up.parkable, tn.down.parkable = false, false
 }
 
-// init registers a copy of c's descriptor with l, for the zero sock s.
-// Its handler does nothing but note events until Start.
+// init registers a copy of c's descriptor with l, or takes over the
+// registration of a connection from Dial, which is l's, for the zero sock
+// s. Its handler does nothing but note events until Start.
 func (s *sock) init(tn *Tunnel, l *evloop.Loop, c net.Conn, isClient bool) error {
+	if dc, ok := c.(*evloop.Conn); ok {
+		s.adopt(tn, dc, isClient)
+		return nil
+	}
 	fd, err := evloop.DupConn(c.(syscall.Conn))
 	if err != nil {
 		return err

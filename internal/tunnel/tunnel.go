@@ -197,7 +197,7 @@ func (tn *Tunnel) Init(cfg *Config, owner Owner, client, back net.Conn) {
 		tn.clock.lastRead[0].Store(now)
 		tn.clock.lastRead[1].Store(now)
 	}
-	if clientTCP && backTCP && cfg.wantsLoops() {
+	if clientTCP && (backTCP || dialledInLoop(back)) && cfg.wantsLoops() {
 		tn.moveToLoop()
 	}
 }
