@@ -72,6 +72,7 @@ func TestLoopAdoptsDialledBackend(t *testing.T) {
 	assert.Equal(t, dialled.RemoteAddr().String(), tn.back.RemoteAddr().String())
 	_, err := dialled.Write([]byte("x"))
 	assert.ErrorIs(t, err, net.ErrClosed, "the Conn let go of the socket")
+	assert.True(t, tn.up.spliceOK && tn.down.spliceOK, "large payloads splice to and from a dialled backend")
 
 	echoAndClose(t, client, backend, res)
 }

@@ -123,6 +123,9 @@ func (tn *Tunnel) moveToLoop() {
 	tn.back.Close() // nothing, for an adopted evloop.Conn
 	tn.client, tn.back = cs, bs
 	tn.up.parkable, tn.down.parkable = false, false
+	// Both ends are TCP sockets of the loop now, a backend from Dial too:
+	// large payloads splice (splice_linux.go).
+	tn.up.spliceOK, tn.down.spliceOK = true, true
 }
 
 // init registers a copy of c's descriptor with l, or takes over the
