@@ -347,15 +347,5 @@ func (c *Conn) LocalAddr() net.Addr {
 	if c.done {
 		return nil
 	}
-	sa, err := syscall.Getsockname(c.reg.Fd())
-	if err != nil {
-		return nil
-	}
-	switch sa := sa.(type) {
-	case *syscall.SockaddrInet4:
-		return &net.TCPAddr{IP: sa.Addr[:], Port: sa.Port}
-	case *syscall.SockaddrInet6:
-		return &net.TCPAddr{IP: sa.Addr[:], Port: sa.Port}
-	}
-	return nil
+	return LocalAddr(c.reg.Fd())
 }

@@ -2,6 +2,7 @@ package evloop
 
 import (
 	"io"
+	"net"
 	"os"
 	"syscall"
 )
@@ -90,4 +91,20 @@ func DupConn(c syscall.Conn) (int, error) {
 		return -1, os.NewSyscallError("setnonblock", err)
 	}
 	return nfd, nil
+}
+
+// LocalAddr returns the TCP address socket fd is bound to, or nil if
+// getsockname fails.
+func LocalAddr(fd int) net.Addr {
+	sa, err := syscall.Getsockname(fd)
+	if err != nil {
+		return nil
+	}
+	switch sa := sa.(type) {
+	case *syscall.SockaddrInet4:
+		return &net.TCPAddr{IP: sa.Addr[:], Port: sa.Port}
+	case *syscall.SockaddrInet6:
+		return &net.TCPAddr{IP: sa.Addr[:], Port: sa.Port}
+	}
+	return nil
 }

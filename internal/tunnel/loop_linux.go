@@ -568,15 +568,5 @@ func (s *sock) LocalAddr() net.Addr {
 	if s.closed {
 		return nil
 	}
-	sa, err := syscall.Getsockname(s.reg.Fd())
-	if err != nil {
-		return nil
-	}
-	switch sa := sa.(type) {
-	case *syscall.SockaddrInet4:
-		return &net.TCPAddr{IP: sa.Addr[:], Port: sa.Port}
-	case *syscall.SockaddrInet6:
-		return &net.TCPAddr{IP: sa.Addr[:], Port: sa.Port}
-	}
-	return nil
+	return evloop.LocalAddr(s.reg.Fd())
 }
