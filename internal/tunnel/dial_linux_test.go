@@ -12,7 +12,6 @@ import (
 
 	"github.com/wsproxy/wsproxy/internal/evloop"
 	"github.com/wsproxy/wsproxy/internal/wsframe"
-	"github.com/wsproxy/wsproxy/internal/wstest"
 )
 
 // dialledPair is tcpPair with the dialling end from Dial: a connection
@@ -35,26 +34,6 @@ func dialledPair(t *testing.T) (net.Conn, net.Conn) {
 	return c, s
 }
 
-// echoAndClose sends messages through the tunnel to an echoing backend,
-// then closes from the client, and checks the tunnel's result.
-func echoAndClose(t *testing.T, client, backend *wstest.Conn, res ends) {
-	t.Helper()
-	go wstest.Echo(backend)
-	for _, msg := range []string{"one", string(make([]byte, 300<<10))} {
-		require.NoError(t, client.WriteMessage(wsframe.OpBinary, []byte(msg)))
-		_, got, err := client.ReadMessage()
-		require.NoError(t, err)
-		assert.Equal(t, msg, string(got))
-	}
-	require.NoError(t, client.WriteClose(4000, "bye"))
-	closedWith(t, 4000, client)
-	client.Close()
-	r := res.wait(t)
-	assert.NoError(t, r.Err)
-	assert.EqualValues(t, 2, r.Up.Messages)
-	assert.EqualValues(t, 2, r.Down.Messages)
-}
-
 // A backend dialled into a loop is adopted by its tunnel there: the tunnel
 // runs in that loop on the same registration.
 func TestLoopAdoptsDialledBackend(t *testing.T) {
@@ -74,7 +53,7 @@ func TestLoopAdoptsDialledBackend(t *testing.T) {
 	assert.ErrorIs(t, err, net.ErrClosed, "the Conn let go of the socket")
 	assert.True(t, tn.up.spliceOK && tn.down.spliceOK, "large payloads splice to and from a dialled backend")
 
-	echoAndClose(t, client, backend, res)
+	echoAndClose(t, client, backend, res, "one", string(make([]byte, 300<<10)))
 }
 
 // Under the goroutine driver (or with a client that cannot join a loop) a
@@ -85,7 +64,7 @@ func TestGoroutinesOverDialledBackend(t *testing.T) {
 	tn, client, backend, res := startedOn(t, cfg, nil, tcpPair, dialledPair)
 	_, inLoop := tn.client.(*sock)
 	require.False(t, inLoop)
-	echoAndClose(t, client, backend, res)
+	echoAndClose(t, client, backend, res, "one", string(make([]byte, 300<<10)))
 }
 
 // A backend that never answers a close frame: the goroutine driver's close

@@ -53,20 +53,27 @@ func socksOf(t *testing.T, tn *Tunnel) (client, back *sock) {
 	return cs, tn.back.(*sock)
 }
 
-// smallPair is tcpPair with 4 KiB socket buffers on both ends, set before
-// the connection exists (a receive window once advertised does not
-// shrink), so that a few KiB fill the path and the tunnel's writes wait.
+// smallPair is tcpPair with 4 KiB socket buffers on both ends, so that a
+// few KiB fill the path and the tunnel's writes wait.
 func smallPair(t *testing.T) (net.Conn, net.Conn) {
 	t.Helper()
-	small := func(_, _ string, rc syscall.RawConn) error {
+	return sizedPair(t, 4<<10)
+}
+
+// sizedPair is tcpPair with socket buffers of size bytes on both ends, set
+// before the connection exists (a receive window once advertised does not
+// shrink).
+func sizedPair(t *testing.T, size int) (net.Conn, net.Conn) {
+	t.Helper()
+	sized := func(_, _ string, rc syscall.RawConn) error {
 		var err error
 		cerr := rc.Control(func(fd uintptr) {
-			err = errors.Join(syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4<<10),
-				syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 4<<10))
+			err = errors.Join(syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, size),
+				syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, size))
 		})
 		return errors.Join(cerr, err)
 	}
-	return pairWith(t, net.ListenConfig{Control: small}, net.Dialer{Control: small})
+	return pairWith(t, net.ListenConfig{Control: sized}, net.Dialer{Control: sized})
 }
 
 // stream writes messages of random sizes, total bytes of payload in all,

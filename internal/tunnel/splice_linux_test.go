@@ -147,15 +147,7 @@ func TestLoopSpliceBothWays(t *testing.T) {
 // of bytes that a large frame's splices then fill.
 func midPair(t *testing.T) (net.Conn, net.Conn) {
 	t.Helper()
-	sized := func(_, _ string, rc syscall.RawConn) error {
-		var err error
-		cerr := rc.Control(func(fd uintptr) {
-			err = errors.Join(syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 64<<10),
-				syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_SNDBUF, 64<<10))
-		})
-		return errors.Join(cerr, err)
-	}
-	return pairWith(t, net.ListenConfig{Control: sized}, net.Dialer{Control: sized})
+	return sizedPair(t, 64<<10)
 }
 
 // heldPipe waits until s holds spliced bytes in a pipe and returns how

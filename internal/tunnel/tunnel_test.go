@@ -114,11 +114,14 @@ func closedWith(t *testing.T, code int, peers ...*wstest.Conn) []string {
 	return reasons
 }
 
-func TestEngineEchoAndCounts(t *testing.T) {
-	t.Parallel()
-	_, client, backend, res := started(t, &Config{CloseTimeout: time.Second}, nil)
+// echoAndClose sends msgs through the tunnel to an echoing backend, each
+// echoed whole, then closes from the client with 4000, and returns the
+// tunnel's result after checking that it ended cleanly with every message
+// counted each way.
+func echoAndClose(t *testing.T, client, backend *wstest.Conn, res ends, msgs ...string) Result {
+	t.Helper()
 	go wstest.Echo(backend)
-	for _, msg := range []string{"one", "two", string(make([]byte, 70<<10))} {
+	for _, msg := range msgs {
 		require.NoError(t, client.WriteMessage(wsframe.OpBinary, []byte(msg)))
 		_, got, err := client.ReadMessage()
 		require.NoError(t, err)
@@ -127,12 +130,18 @@ func TestEngineEchoAndCounts(t *testing.T) {
 	require.NoError(t, client.WriteClose(4000, "bye"))
 	closedWith(t, 4000, client)
 	client.Close()
-
 	r := res.wait(t)
-	assert.Equal(t, "", r.Reason, "the peers ended it")
 	assert.NoError(t, r.Err)
-	assert.EqualValues(t, 3, r.Up.Messages)
-	assert.EqualValues(t, 3, r.Down.Messages)
+	assert.EqualValues(t, len(msgs), r.Up.Messages)
+	assert.EqualValues(t, len(msgs), r.Down.Messages)
+	return r
+}
+
+func TestEngineEchoAndCounts(t *testing.T) {
+	t.Parallel()
+	_, client, backend, res := started(t, &Config{CloseTimeout: time.Second}, nil)
+	r := echoAndClose(t, client, backend, res, "one", "two", string(make([]byte, 70<<10)))
+	assert.Equal(t, "", r.Reason, "the peers ended it")
 	assert.Equal(t, 4000, r.Up.CloseCode)
 	assert.Equal(t, 4000, r.Down.CloseCode, "the backend's echo of the close frame")
 }
