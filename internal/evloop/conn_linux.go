@@ -188,8 +188,9 @@ func (c *Conn) Loop() *Loop { return c.reg.l }
 // Adopt moves the connection's registration into r, a zero Reg of the
 // caller's (as Register takes one), with h as its handler: the socket's
 // events reach h from now on, and the caller owns the socket and closes it
-// with r.Close. An event the loop took before may still reach the Conn,
-// so h must first assume the socket readable. The Conn is done: its Close
+// with r.Close. The registration is re-armed, so that h hears of the
+// socket's state as it is; an event the loop took before may still reach
+// the Conn, so h must also first assume the socket readable. The Conn is done: its Close
 // does nothing, and its Read and Write fail with net.ErrClosed. No Read or
 // Write may be running.
 func (c *Conn) Adopt(r *Reg, h Handler) {
@@ -203,6 +204,14 @@ func (c *Conn) Adopt(r *Reg, h Handler) {
 	// names r, as lookups happen under l.mu.
 	r.l, r.h, r.fd, r.slot, r.gen = l, h, c.reg.fd, c.reg.slot, c.reg.gen
 	l.regs[r.slot] = r
+	// Re-arm it: an edge the Conn's handler took (the peer's last bytes
+	// and its FIN, say) would otherwise never reach h, and a reader that
+	// follows the short-read rule waits for the next edge. A modify makes
+	// epoll report the socket's state as it is now.
+	if p := l.run; p != nil {
+		ev := r.event()
+		_ = syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_MOD, r.Fd(), &ev)
+	}
 }
 
 // Read reads into p, waiting for the loop's word that bytes came.

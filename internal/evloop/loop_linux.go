@@ -96,16 +96,22 @@ func (l *Loop) Register(r *Reg, fd int, h Handler) error {
 		return err
 	}
 	l.slotLocked(r, fd, h)
-	ev := syscall.EpollEvent{
-		Events: syscall.EPOLLIN | syscall.EPOLLOUT | syscall.EPOLLRDHUP | epollET,
-		Fd:     int32(r.slot),
-		Pad:    int32(r.gen),
-	}
+	ev := r.event()
 	if err := syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		l.releaseLocked(r)
 		return os.NewSyscallError("epoll_ctl", err)
 	}
 	return nil
+}
+
+// event is what r is registered for: every socket event, edge-triggered,
+// with r's slot and generation as the event's data.
+func (r *Reg) event() syscall.EpollEvent {
+	return syscall.EpollEvent{
+		Events: syscall.EPOLLIN | syscall.EPOLLOUT | syscall.EPOLLRDHUP | epollET,
+		Fd:     int32(r.slot),
+		Pad:    int32(r.gen),
+	}
 }
 
 // epollET is EPOLLET as a uint32: package syscall spells it as a negative int.
