@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -87,7 +88,7 @@ func (d *dnsResolver) Resolve(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, err
 	}
-	addrs, err := d.res.LookupNetIP(ctx, "ip", u.Hostname())
+	addrs, err := lookupAddrs(ctx, d.res, u.Hostname())
 	if err != nil {
 		return nil, err
 	}
@@ -131,7 +132,7 @@ func (s *dnsResolver) resolveSRV(ctx context.Context) ([]string, error) {
 	}
 	var out []string
 	for _, r := range srvs {
-		addrs, err := s.res.LookupNetIP(ctx, "ip", r.Target)
+		addrs, err := lookupAddrs(ctx, s.res, r.Target)
 		if err != nil {
 			return nil, err
 		}
@@ -145,6 +146,38 @@ func (s *dnsResolver) resolveSRV(ctx context.Context) ([]string, error) {
 	}
 	slices.Sort(out)
 	return slices.Compact(out), nil
+}
+
+// lookupAddrs returns the A and AAAA records of host. Unlike LookupNetIP's
+// "ip", which answers with one family when the other's query failed, it
+// fails when either query failed for any reason but the name having no
+// records of that family: a DNS server that fails the A query for a
+// moment must not drain every IPv4 backend.
+func lookupAddrs(ctx context.Context, res *net.Resolver, host string) ([]netip.Addr, error) {
+	if a, err := netip.ParseAddr(host); err == nil {
+		return []netip.Addr{a}, nil
+	}
+	type answer struct {
+		addrs []netip.Addr
+		err   error
+	}
+	v6 := make(chan answer, 1)
+	go func() {
+		addrs, err := res.LookupNetIP(ctx, "ip6", host)
+		v6 <- answer{addrs, err}
+	}()
+	addrs4, err4 := res.LookupNetIP(ctx, "ip4", host)
+	a6 := <-v6
+	for _, err := range []error{err4, a6.err} {
+		var dnsErr *net.DNSError
+		if err != nil && !(errors.As(err, &dnsErr) && dnsErr.IsNotFound) {
+			return nil, err
+		}
+	}
+	if err4 != nil && a6.err != nil {
+		return nil, err4
+	}
+	return append(addrs4, a6.addrs...), nil
 }
 
 func (s *dnsResolver) checkSRVParams(params string) error {

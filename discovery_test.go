@@ -13,6 +13,7 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/wsproxy/wsproxy/internal/dnstest"
 	"github.com/wsproxy/wsproxy/internal/wsframe"
@@ -79,6 +80,12 @@ func TestDNSDiscovery(t *testing.T) {
 	assert.Equal(t, want, liveTargets(p), "a failed lookup keeps the last good set")
 
 	dns.SetFail(false)
+	dns.SetFailType(dnsmessage.TypeA, true)
+	failures := strings.Count(logs.String(), "discovery failed")
+	require.Eventually(t, func() bool { return strings.Count(logs.String(), "discovery failed") > failures }, 5*time.Second, 5*time.Millisecond)
+	assert.Equal(t, want, liveTargets(p), "a failed A query with a good AAAA answer keeps the last good set")
+
+	dns.SetFailType(dnsmessage.TypeA, false)
 	dns.SetAddrs("backends.test.", "127.0.0.2")
 	require.EventuallyWithT(t, func(c *assert.CollectT) {
 		assert.Equal(c, []string{"ws://127.0.0.2:" + port + "/ws weight=2"}, liveTargets(p))
@@ -317,4 +324,13 @@ func TestDiscoveryFirstLookupSlowerThanInterval(t *testing.T) {
 	p, url := newProxy(t, nil, WithDiscovery(slow, 5*time.Millisecond))
 	assert.Equal(t, []string{echo}, liveTargets(p))
 	echoOnce(t, url)
+}
+
+func TestDNSResolverAddressLiteral(t *testing.T) {
+	t.Parallel()
+	for _, target := range []string{"ws://127.0.0.1:8080/ws weight=2", "ws://[::1]:8080/ws"} {
+		got, err := DNSResolver(nil, target).Resolve(context.Background())
+		require.NoError(t, err)
+		assert.Equal(t, []string{target}, got, "an address resolves to itself, without a query")
+	}
 }

@@ -1,7 +1,7 @@
 // Package dnstest is a tiny authoritative DNS server on loopback UDP for
 // tests of DNS discovery without the network: A, AAAA and SRV records set
-// by the test, NXDOMAIN for other names, SERVFAIL for everything while
-// failing is set.
+// by the test, NXDOMAIN for other names, SERVFAIL for everything (or for
+// one query type) while failing is set.
 package dnstest
 
 import (
@@ -24,6 +24,8 @@ type Server struct {
 	addr map[string][]netip.Addr
 	srv  map[string][]net.SRV
 	fail bool
+	// failType fails only the queries of its types.
+	failType map[dnsmessage.Type]bool
 }
 
 // New starts a Server; the test's cleanup stops it.
@@ -78,6 +80,17 @@ func (s *Server) SetFail(fail bool) {
 	s.fail = fail
 }
 
+// SetFailType makes the answers to queries of type typ (dnsmessage.TypeA,
+// say) SERVFAIL while fail is true.
+func (s *Server) SetFailType(typ dnsmessage.Type, fail bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.failType == nil {
+		s.failType = map[dnsmessage.Type]bool{}
+	}
+	s.failType[typ] = fail
+}
+
 func (s *Server) serve() {
 	defer close(s.done)
 	buf := make([]byte, 1500)
@@ -110,7 +123,7 @@ func (s *Server) answer(query []byte) ([]byte, error) {
 	srvs, hasSRV := s.srv[name]
 	rcode := dnsmessage.RCodeSuccess
 	switch {
-	case s.fail:
+	case s.fail, s.failType[q.Type]:
 		rcode = dnsmessage.RCodeServerFailure
 	case !hasAddr && !hasSRV:
 		rcode = dnsmessage.RCodeNameError
