@@ -31,7 +31,10 @@ type relayStats struct {
 	stalls  atomic.Int64 // a destination was full: its source stopped being read
 	resumes atomic.Int64 // a stalled destination took the rest: reading went on
 	errs    atomic.Int64 // setting up a tunnel failed
-	onStall func()       // called on the loop at each stall, if set
+	// onStall is called on the loop at each stall, if set. A test sets it
+	// after the relay started: the loop's goroutine reads it with no other
+	// ordering than a TCP connection, which the race detector cannot see.
+	onStall atomic.Pointer[func()]
 }
 
 // tunnel is one relayed connection: two sides, each reading its socket
@@ -161,8 +164,8 @@ func (s *side) stall() {
 	}
 	s.stalled = true
 	s.t.st.stalls.Add(1)
-	if s.t.st.onStall != nil {
-		s.t.st.onStall()
+	if f := s.t.st.onStall.Load(); f != nil {
+		(*f)()
 	}
 }
 
@@ -384,7 +387,8 @@ func TestRelayBackPressure(t *testing.T) {
 		received <- echoResult{got: d, err: err}
 	})
 	r := startRelay(t, g, backend)
-	r.stats.onStall = func() { once.Do(func() { close(full) }) }
+	onStall := func() { once.Do(func() { close(full) }) }
+	r.stats.onStall.Store(&onStall)
 
 	c, err := net.Dial("tcp", r.addr)
 	require.NoError(t, err)
