@@ -286,3 +286,58 @@ func TestAdopt(t *testing.T) {
 	assert.Equal(t, "earlylate", all)
 	r.Close()
 }
+
+// TestAdoptRearms: the peer's last bytes and its FIN arrive while the
+// Conn is registered, and the loop hands their edge to the Conn. A handler
+// that adopts the socket and reads only on its own events (no read on the
+// assumption that the socket is readable) still hears of them: Adopt
+// re-arms the registration. Without it, the edge is spent and a reader
+// that follows the short-read rule waits for one that never comes.
+func TestAdoptRearms(t *testing.T) {
+	t.Parallel()
+	next := make(chan struct{})
+	addr := serve(t, func(c *net.TCPConn) {
+		c.Write([]byte("a"))
+		<-next
+		c.Write([]byte("bc"))
+		c.CloseWrite()
+		io.Copy(io.Discard, c)
+	})
+	c := dialTest(t, addr)
+	buf := make([]byte, 1)
+	n, err := c.Read(buf)
+	require.NoError(t, err)
+	require.Equal(t, "a", string(buf[:n]))
+	close(next)
+	// The loop took the edge of "bc" and the FIN, for the Conn (a wake-up
+	// kept for its next Read).
+	require.True(t, waitFor(testTimeout, func() bool { return len(c.wake.read) == 1 }))
+
+	got := make(chan string, 1)
+	var all []byte
+	r := new(Reg)
+	c.Adopt(r, HandlerFunc(func(reg *Reg, ev Events) {
+		if ev&Readable == 0 {
+			return
+		}
+		for {
+			b := make([]byte, 64)
+			n, err := Read(reg.Fd(), b)
+			all = append(all, b[:n]...)
+			switch {
+			case err == io.EOF:
+				got <- string(all)
+				return
+			case err != nil:
+				return // ErrWouldBlock: the next edge
+			}
+		}
+	}))
+	defer r.Close()
+	select {
+	case s := <-got:
+		assert.Equal(t, "bc", s, "what came before Adopt, then the end of the stream")
+	case <-time.After(testTimeout):
+		t.Fatal("the adopted handler never heard of the bytes and the FIN that came before Adopt")
+	}
+}

@@ -272,11 +272,17 @@ func (p *pump) splice() error {
 	return err
 }
 
+// splicedTotal counts the payload bytes every tunnel of the process has
+// spliced, so that a test can tell the splice paths ran: the bytes
+// arriving whole would not show it.
+var splicedTotal atomic.Int64
+
 // spliced accounts for n bytes of the current frame's payload that the
 // kernel moved from src to dst, past the tracker, and writes the tunnel's
 // pending control frame once the frame is through. Both drivers splice
 // (splice_linux.go for the loops).
 func (p *pump) spliced(n int64) {
+	splicedTotal.Add(n)
 	p.frames.Skip(uint64(n))
 	p.bytes.Add(n)
 	now := p.t.now()

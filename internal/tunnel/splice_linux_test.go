@@ -143,6 +143,54 @@ func TestLoopSpliceBothWays(t *testing.T) {
 	}
 }
 
+// TestSplicesLargePayloads: under both drivers, between two TCP sockets,
+// the payload of large frames passes through the kernel (splicedTotal)
+// but for the first buffer's worth of each, both ways. Not parallel: the
+// count is then this test's alone.
+func TestSplicesLargePayloads(t *testing.T) {
+	for name, driver := range map[string]Driver{"loops": DriverLoops, "goroutines": DriverGoroutines} {
+		t.Run(name, func(t *testing.T) {
+			tn, client, backend, res := startedOn(t, &Config{Driver: driver, CloseTimeout: time.Second}, nil, tcpPair, tcpPair)
+			if driver == DriverLoops {
+				socksOf(t, tn)
+			}
+			const frames, size = 4, 1 << 20
+			before := splicedTotal.Load()
+			payload := make([]byte, size)
+			errs := make(chan error, 2)
+			send := func(c *wstest.Conn) {
+				for range frames {
+					if err := c.WriteMessage(wsframe.OpBinary, payload); err != nil {
+						errs <- err
+						return
+					}
+				}
+				errs <- nil
+			}
+			go send(client)
+			go send(backend)
+			for _, c := range []*wstest.Conn{backend, client} {
+				for range frames {
+					_, msg, err := c.ReadMessage()
+					require.NoError(t, err)
+					require.Len(t, msg, size)
+				}
+			}
+			require.NoError(t, <-errs)
+			require.NoError(t, <-errs)
+			spliced := splicedTotal.Load() - before
+			assert.GreaterOrEqual(t, spliced, int64(2*frames*(size-64<<10)), "payload bytes spliced")
+			assert.LessOrEqual(t, spliced, int64(2*frames*size))
+
+			require.NoError(t, client.WriteClose(4000, "bye"))
+			closedWith(t, 4000, backend, client)
+			client.Close()
+			backend.Close()
+			assert.NoError(t, res.wait(t).Err)
+		})
+	}
+}
+
 // midPair is tcpPair with 64 KiB socket buffers, room for a read's worth
 // of bytes that a large frame's splices then fill.
 func midPair(t *testing.T) (net.Conn, net.Conn) {
