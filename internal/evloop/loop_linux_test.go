@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -18,7 +19,6 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"github.com/wsproxy/wsproxy/internal/wstest"
 )
 
 // TestRegSize guards the registration's size: every idle socket of the
@@ -182,11 +182,13 @@ func cpuTime(t testing.TB) time.Duration {
 }
 
 // A loop with nothing registered stops, giving back its goroutine and both
-// descriptors, and starts again at the next Add. Not parallel, for the
-// descriptor count.
+// descriptors, and starts again at the next Add. The descriptors checked
+// are this loop's own: loops of earlier tests (or of an earlier -count
+// round) may still be lingering towards their stop, so the process's count
+// moves on its own. Not parallel, so that no other test's new loop takes
+// the numbers this one gave back.
 func TestLoopStopsWhenIdleAndRestarts(t *testing.T) {
 	l := &Loop{linger: time.Millisecond}
-	baseline := loopFds(t)
 	stopped := func() bool {
 		l.mu.Lock()
 		defer l.mu.Unlock()
@@ -209,13 +211,25 @@ func TestLoopStopsWhenIdleAndRestarts(t *testing.T) {
 		case <-time.After(testTimeout):
 			t.Fatalf("round %d: no event for a fresh socket", round)
 		}
-		assert.False(t, stopped(), "round %d: stopped with a registration", round)
-		assert.Equal(t, baseline+2, loopFds(t), "round %d: an epoll fd and an eventfd while running", round)
+		l.mu.Lock()
+		run := l.run
+		l.mu.Unlock()
+		require.NotNil(t, run, "round %d: stopped with a registration", round)
+		assert.Equal(t, "anon_inode:[eventpoll]", fdLink(run.epfd), "round %d: the loop's epoll descriptor", round)
+		assert.Equal(t, "anon_inode:[eventfd]", fdLink(run.efd), "round %d: the loop's eventfd", round)
 		r.Close()
 		require.True(t, waitFor(testTimeout, stopped), "round %d: the loop did not stop", round)
-		assert.True(t, waitFor(testTimeout, func() bool { return loopFds(t) == baseline }),
-			"round %d: %d epoll and event descriptors open, %d before", round, loopFds(t), baseline)
+		assert.True(t, waitFor(testTimeout, func() bool {
+			return fdLink(run.epfd) != "anon_inode:[eventpoll]" && fdLink(run.efd) != "anon_inode:[eventfd]"
+		}), "round %d: the loop's descriptors %d and %d are still open", round, run.epfd, run.efd)
 	}
+}
+
+// fdLink is what /proc/self/fd says descriptor fd is, or "" if it is not
+// open.
+func fdLink(fd int) string {
+	link, _ := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+	return link
 }
 
 // A loop used for posts alone stops too, after its last post.
@@ -230,15 +244,6 @@ func TestPostOnlyLoopStops(t *testing.T) {
 		defer l.mu.Unlock()
 		return l.run == nil
 	}))
-}
-
-// loopFds counts the process's epoll and event descriptors (Go's own
-// netpoller has one of each).
-func loopFds(t testing.TB) int {
-	t.Helper()
-	return wstest.OpenFDs(t, func(link string) bool {
-		return link == "anon_inode:[eventpoll]" || link == "anon_inode:[eventfd]"
-	})
 }
 
 // The data of every epoll event names a slot and a generation: once a
