@@ -99,12 +99,13 @@ var loopCount int
 // A sockPair is a tunnel's two sockets in one allocation.
 type sockPair struct{ client, back sock }
 
-// moveToLoop takes both sockets out of their net.Conns into one loop. If
-// anything fails, the tunnel stays with its net.Conns and the goroutines.
-func (tn *Tunnel) moveToLoop() {
+// moveToLoop takes both sockets out of their net.Conns into one loop and
+// reports whether it did. If anything fails, the tunnel stays with its
+// net.Conns and the goroutines.
+func (tn *Tunnel) moveToLoop() bool {
 	g, err := loops()
 	if err != nil {
-		return
+		return false
 	}
 	l := g.Pick()
 	if dc, ok := tn.back.(*evloop.Conn); ok {
@@ -113,19 +114,16 @@ func (tn *Tunnel) moveToLoop() {
 	pair := new(sockPair)
 	cs, bs := &pair.client, &pair.back
 	if err := cs.init(tn, l, tn.client, true); err != nil {
-		return
+		return false
 	}
 	if err := bs.init(tn, l, tn.back, false); err != nil {
 		cs.reg.Close()
-		return
+		return false
 	}
 	tn.client.Close()
 	tn.back.Close() // nothing, for an adopted evloop.Conn
 	tn.client, tn.back = cs, bs
-	tn.up.parkable, tn.down.parkable = false, false
-	// Both ends are TCP sockets of the loop now, a backend from Dial too:
-	// large payloads splice (splice_linux.go).
-	tn.up.spliceOK, tn.down.spliceOK = true, true
+	return true
 }
 
 // init registers a copy of c's descriptor with l, or takes over the

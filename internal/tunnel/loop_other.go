@@ -7,7 +7,7 @@ import "net"
 // Elsewhere than Linux there are no event loops: every tunnel has the
 // goroutine driver.
 
-func (tn *Tunnel) moveToLoop()                              {}
+func (tn *Tunnel) moveToLoop() bool                         { return false }
 func (tn *Tunnel) startLoop(clientBuf, backBuf []byte) bool { return false }
 func (tn *Tunnel) finishAfterClose()                        { tn.finish() }
 func isLoopSock(net.Conn) bool                              { return false }

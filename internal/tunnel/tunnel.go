@@ -184,12 +184,6 @@ func (tn *Tunnel) Init(cfg *Config, owner Owner, client, back net.Conn) {
 	tn.running = 2
 	tn.up = pump{t: tn, fromClient: true}
 	tn.down = pump{t: tn}
-	_, clientTCP := client.(*net.TCPConn)
-	_, backTCP := back.(*net.TCPConn)
-	tn.up.spliceOK = clientTCP && backTCP
-	tn.down.spliceOK = tn.up.spliceOK
-	tn.up.parkable = canPark && parksOn(client, false)
-	tn.down.parkable = canPark && parksOn(back, true)
 	if cfg.IdleTimeout > 0 || cfg.PingInterval > 0 {
 		tn.clock = &clock{pingID: rand.Uint32()}
 		now := time.Now().UnixNano()
@@ -197,9 +191,20 @@ func (tn *Tunnel) Init(cfg *Config, owner Owner, client, back net.Conn) {
 		tn.clock.lastRead[0].Store(now)
 		tn.clock.lastRead[1].Store(now)
 	}
-	if clientTCP && (backTCP || dialledInLoop(back)) && cfg.wantsLoops() {
-		tn.moveToLoop()
+	// The one place that chooses the driver and its fast paths.
+	_, clientTCP := client.(*net.TCPConn)
+	_, backTCP := back.(*net.TCPConn)
+	if clientTCP && (backTCP || dialledInLoop(back)) && cfg.wantsLoops() && tn.moveToLoop() {
+		// Both ends are TCP sockets of one loop now, a backend from Dial
+		// too: large payloads splice (splice_linux.go); nothing parks, as
+		// nothing waits in a goroutine.
+		tn.up.spliceOK, tn.down.spliceOK = true, true
+		return
 	}
+	tn.up.spliceOK = clientTCP && backTCP
+	tn.down.spliceOK = tn.up.spliceOK
+	tn.up.parkable = canPark && parksOn(client, false)
+	tn.down.parkable = canPark && parksOn(back, true)
 }
 
 // parksOn reports whether a pump reading c may park: c is TCP, plain or
