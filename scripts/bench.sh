@@ -275,8 +275,8 @@ bench() {
       local conns=()
       [ "$mode" = echo ] && conns=(-conns "$ECHO_CONNS")
       for t in $(rotate "$round"); do
-        local pidarg=()
-        [ "$t" != direct ] && pidarg=(-pid "$(pids_of "$t")")
+        local pidarg=(-backend-pid "${pid[echo]}")
+        [ "$t" != direct ] && pidarg+=(-pid "$(pids_of "$t")")
         load "$t" "$round" -mode "$mode" "${conns[@]}" "${dur[@]}" "${pidarg[@]}"
       done
     done

@@ -73,6 +73,15 @@ type Result struct {
 	CPUusPerMsg     float64 `json:"cpu_us_per_msg,omitempty"`       // echo, latency: per round trip
 	CPUmsPerMB      float64 `json:"cpu_ms_per_mb,omitempty"`        // bulk: per MB received
 	CPUusPerHS      float64 `json:"cpu_us_per_handshake,omitempty"` // handshake
+	// The same split and widened, per unit of the mode's figure above: the
+	// proxy's user and system time, the backend's (-backend-pid) and the
+	// load tool's own, all over the same window.
+	ProxyUserPerUnit  float64 `json:"proxy_user_per_unit,omitempty"`
+	ProxySysPerUnit   float64 `json:"proxy_sys_per_unit,omitempty"`
+	BackendCPUSeconds float64 `json:"backend_cpu_s,omitempty"`
+	BackendPerUnit    float64 `json:"backend_cpu_per_unit,omitempty"`
+	ClientCPUSeconds  float64 `json:"client_cpu_s,omitempty"`
+	ClientPerUnit     float64 `json:"client_cpu_per_unit,omitempty"`
 
 	RSSBeforeKB     int64   `json:"rss_before_kb,omitempty"`
 	RSSAfterKB      int64   `json:"rss_after_kb,omitempty"`
@@ -95,7 +104,10 @@ type config struct {
 	settle   time.Duration
 	pids     string
 	pidList  []int
-	tls      *tls.Config // wss: trusts -ca
+	// backendPids are the backend's processes, whose CPU time is reported
+	// beside the proxy's.
+	backendPids []int
+	tls         *tls.Config // wss: trusts -ca
 	// idle: URLs fetched while the connections are open (pprof endpoints),
 	// after opening them and after one echo each, into profileDir
 	profiles   profileFlag
@@ -122,6 +134,7 @@ func main() {
 	flag.DurationVar(&cfg.warmup, "warmup", time.Second, "unmeasured time before it")
 	flag.DurationVar(&cfg.settle, "settle", 3*time.Second, "idle: wait after opening before measuring memory")
 	flag.StringVar(&cfg.pids, "pid", "", "comma-separated pids of the proxy: idle sums their memory, other modes their CPU time")
+	backendPids := flag.String("backend-pid", "", "comma-separated pids of the backend: other modes than idle report their CPU time too")
 	flag.Var(&cfg.profiles, "profile", "idle: name=URL fetched into -profile-dir/open-name and echoed-name (repeatable)")
 	flag.StringVar(&cfg.profileDir, "profile-dir", ".", "idle: where -profile answers go")
 	caFile := flag.String("ca", "", "wss: PEM certificate to trust instead of the system's roots")
@@ -147,6 +160,13 @@ func main() {
 	}
 	if cfg.pids != "" {
 		cfg.pidList, err = parsePids(cfg.pids)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "load:", err)
+			os.Exit(2)
+		}
+	}
+	if *backendPids != "" {
+		cfg.backendPids, err = parsePids(*backendPids)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, "load:", err)
 			os.Exit(2)
@@ -332,16 +352,14 @@ func openAll(d *websocket.Dialer, url string, n, parallel int) ([]*websocket.Con
 }
 
 // window runs until warmup+duration and returns the counter's growth over
-// the measured part, the measured seconds and the CPU seconds the -pid
-// processes used meanwhile (0 without -pid).
-func window(cfg config, count *atomic.Int64) (n int64, secs, cpu float64) {
+// the measured part, the measured seconds and the CPU time used meanwhile.
+func window(cfg config, count *atomic.Int64) (n int64, secs float64, u usage) {
 	time.Sleep(cfg.warmup)
-	c0, _ := cpuTicks(cfg.pidList)
+	m := startMeter(cfg)
 	n0, t0 := count.Load(), time.Now()
 	time.Sleep(cfg.duration)
 	n, secs = count.Load()-n0, time.Since(t0).Seconds()
-	c1, _ := cpuTicks(cfg.pidList)
-	return n, secs, float64(c1-c0) / clockTick
+	return n, secs, m.stop()
 }
 
 // perUnit returns cpu seconds per unit of n, scaled, or 0 when unknown.
@@ -374,13 +392,13 @@ func runEcho(cfg config, res *Result) error {
 			}
 		})
 	}
-	n, secs, cpu := window(cfg, &count)
+	n, secs, u := window(cfg, &count)
 	stop.Store(true)
 	wg.Wait()
 	closeAll(conns, &e)
 	res.Seconds = secs
 	res.MsgsPerSec = float64(n) / secs
-	res.ProxyCPUSeconds, res.CPUusPerMsg = cpu, perUnit(cpu, n, 1e6)
+	res.CPUusPerMsg = res.setCPU(u, n, 1e6)
 	e.fill(res)
 	return nil
 }
@@ -412,7 +430,7 @@ func runLatency(cfg config, res *Result) error {
 		}
 	}
 	rtts := make([]time.Duration, 0, 1<<16)
-	c0, _ := cpuTicks(cfg.pidList)
+	m := startMeter(cfg)
 	start := time.Now()
 	for end := start.Add(cfg.duration); ; {
 		t0 := time.Now()
@@ -426,10 +444,7 @@ func runLatency(cfg config, res *Result) error {
 		}
 	}
 	res.Seconds = time.Since(start).Seconds()
-	if c1, _ := cpuTicks(cfg.pidList); len(cfg.pidList) > 0 {
-		res.ProxyCPUSeconds = float64(c1-c0) / clockTick
-		res.CPUusPerMsg = perUnit(res.ProxyCPUSeconds, int64(len(rtts)), 1e6)
-	}
+	res.CPUusPerMsg = res.setCPU(m.stop(), int64(len(rtts)), 1e6)
 	var e errs
 	if err := closeConn(c); err != nil {
 		e.add(err)
@@ -494,7 +509,7 @@ func runBulk(cfg config, res *Result) error {
 			}
 		})
 	}
-	n, secs, cpu := window(cfg, &received)
+	n, secs, u := window(cfg, &received)
 	// Streams in flight both ways cannot end with a close handshake in
 	// bounded time: stop the writers, then cut the connections.
 	stop.Store(true)
@@ -507,7 +522,7 @@ func runBulk(cfg config, res *Result) error {
 	}
 	res.Seconds = secs
 	res.MBps = float64(n) / 1e6 / secs
-	res.ProxyCPUSeconds, res.CPUmsPerMB = cpu, perUnit(cpu, n, 1e9)
+	res.CPUmsPerMB = res.setCPU(u, n, 1e9)
 	e.fill(res)
 	return nil
 }
@@ -535,12 +550,12 @@ func runHandshake(cfg config, res *Result) error {
 			}
 		})
 	}
-	n, secs, cpu := window(cfg, &count)
+	n, secs, u := window(cfg, &count)
 	stop.Store(true)
 	wg.Wait()
 	res.Seconds = secs
 	res.HandshakesPerSec = float64(n) / secs
-	res.ProxyCPUSeconds, res.CPUusPerHS = cpu, perUnit(cpu, n, 1e6)
+	res.CPUusPerHS = res.setCPU(u, n, 1e6)
 	e.fill(res)
 	return nil
 }

@@ -46,27 +46,31 @@ func memory(pids []int) (mem, error) {
 	return m, nil
 }
 
-// cpuTicks returns the user and system time the processes used so far, in
-// clock ticks (fields 14 and 15 of /proc/PID/stat, after the command name).
-func cpuTicks(pids []int) (int64, error) {
-	var total int64
+// ticks is the user and system time of a group of processes, in clock
+// ticks.
+type ticks struct{ user, sys int64 }
+
+// cpuTicks returns the user and system time the processes used so far.
+func cpuTicks(pids []int) (ticks, error) {
+	var total ticks
 	for _, pid := range pids {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 		if err != nil {
-			return 0, err
+			return ticks{}, err
 		}
 		i := bytes.LastIndexByte(b, ')')
 		f := strings.Fields(string(b[i+1:]))
 		if len(f) < 13 {
-			return 0, fmt.Errorf("/proc/%d/stat: too few fields", pid)
+			return ticks{}, fmt.Errorf("/proc/%d/stat: too few fields", pid)
 		}
-		for _, s := range f[11:13] {
-			n, err := strconv.ParseInt(s, 10, 64)
-			if err != nil {
-				return 0, err
+		var n [2]int64
+		for j, s := range f[11:13] {
+			if n[j], err = strconv.ParseInt(s, 10, 64); err != nil {
+				return ticks{}, err
 			}
-			total += n
 		}
+		total.user += n[0]
+		total.sys += n[1]
 	}
 	return total, nil
 }

@@ -37,6 +37,10 @@ type Result struct {
 	CPUusPerMsg      float64 `json:"cpu_us_per_msg"`
 	CPUmsPerMB       float64 `json:"cpu_ms_per_mb"`
 	CPUusPerHS       float64 `json:"cpu_us_per_handshake"`
+	ProxyUserPerUnit float64 `json:"proxy_user_per_unit"`
+	ProxySysPerUnit  float64 `json:"proxy_sys_per_unit"`
+	BackendPerUnit   float64 `json:"backend_cpu_per_unit"`
+	ClientPerUnit    float64 `json:"client_cpu_per_unit"`
 	KBPerTunnel      float64 `json:"kb_per_tunnel"`
 	PssKBPerTunnel   float64 `json:"pss_kb_per_tunnel"`
 	EchoKBPerTunnel  float64 `json:"echoed_kb_per_tunnel"`
@@ -98,7 +102,14 @@ var (
 	hsRate     = figure{"handshakes/s (8 workers, open+close)", "handshake", "", 0, func(r Result) float64 { return r.HandshakesPerSec }, true, false}
 
 	figures = []figure{
-		cpuEcho, cpuLatency, cpuBulk, cpuHS, idleRSS,
+		cpuEcho, cpuLatency, cpuBulk, cpuHS,
+		// What explains two of the goals: where a handshake's CPU goes, and
+		// what a proxy makes the backend and the load tool spend (they share
+		// the box, so the bulk rate follows all three).
+		{"proxy user CPU per handshake", "handshake", " µs", 0, func(r Result) float64 { return r.ProxyUserPerUnit }, false, false},
+		{"proxy system CPU per handshake", "handshake", " µs", 0, func(r Result) float64 { return r.ProxySysPerUnit }, false, false},
+		{"backend + load tool CPU per MB received, bulk", "bulk", " ms", 2, func(r Result) float64 { return r.BackendPerUnit + r.ClientPerUnit }, false, false},
+		idleRSS,
 		{"proxy memory per idle tunnel (N open), Pss", "idle", " KB", 1, func(r Result) float64 { return r.PssKBPerTunnel }, false, false},
 		{"proxy memory per tunnel after one echo each, RSS", "idle", " KB", 1, func(r Result) float64 { return r.EchoKBPerTunnel }, false, false},
 		echoRate,
@@ -231,7 +242,8 @@ func render(results []Result) (md string, charts []chart, rounds int) {
 	fmt.Fprintf(&b, "Medians of %d interleaved rounds; 1 MB = 10^6 bytes, 1 KB = 1024 bytes. "+
 		"A value marked † had errors in some round (listed below). "+
 		"Proxy CPU is the user+system time of all the proxy's processes (/proc/PID/stat) over the measured window, "+
-		"counted in 10 ms ticks, divided by the work done in it: less disturbed by a busy machine than the rates.\n\n", rounds)
+		"counted in 10 ms ticks, divided by the work done in it: less disturbed by a busy machine than the rates. "+
+		"The backend's and the load tool's CPU are measured over the same window.\n\n", rounds)
 
 	b.WriteString("Goals of issue 15: wsproxy's median against the best peer's (the best of nginx, HAProxy, Caddy " +
 		"and httputil.ReverseProxy for that row, TLS rows against the TLS peers).\n\n" +

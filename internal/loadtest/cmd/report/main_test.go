@@ -88,3 +88,16 @@ func TestTLSTable(t *testing.T) {
 	assert.NotContains(t, plainPart, "7.0 µs")
 	assert.Contains(t, md, "- caddy-tls: TLS 1.3 TLS_AES_128_GCM_SHA256 X25519")
 }
+
+// The rows that explain the goals: a handshake's CPU split into user and
+// system time, and the backend's and the load tool's CPU per MB summed,
+// for a direct run too (it has no proxy).
+func TestSplitRows(t *testing.T) {
+	var rs []Result
+	rs = append(rs, results("handshake", "wsproxy", func(r *Result, v float64) { r.ProxyUserPerUnit, r.ProxySysPerUnit = v, v/2 }, 100, 90, 110)...)
+	rs = append(rs, results("bulk", "direct", func(r *Result, v float64) { r.BackendPerUnit, r.ClientPerUnit = v, 0.25 }, 0.5, 0.5, 0.5)...)
+	md, _, _ := render(rs)
+	assert.Contains(t, md, "| proxy user CPU per handshake | - | 100 µs |")
+	assert.Contains(t, md, "| proxy system CPU per handshake | - | 50 µs |")
+	assert.Contains(t, md, "| backend + load tool CPU per MB received, bulk | 0.75 ms | - |")
+}
