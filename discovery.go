@@ -151,8 +151,10 @@ func (s *dnsResolver) resolveSRV(ctx context.Context) ([]string, error) {
 // lookupAddrs returns the A and AAAA records of host. Unlike LookupNetIP's
 // "ip", which answers with one family when the other's query failed, it
 // fails when either query failed for any reason but the name having no
-// records of that family: a DNS server that fails the A query for a
-// moment must not drain every IPv4 backend.
+// addresses of that family: a DNS server that fails the A query for a
+// moment must not drain every IPv4 backend. No addresses of a family is a
+// DNS error that IsNotFound, or, for a name the hosts file lists with the
+// other family only, a *net.AddrError ("no suitable address").
 func lookupAddrs(ctx context.Context, res *net.Resolver, host string) ([]netip.Addr, error) {
 	if a, err := netip.ParseAddr(host); err == nil {
 		return []netip.Addr{a}, nil
@@ -170,7 +172,8 @@ func lookupAddrs(ctx context.Context, res *net.Resolver, host string) ([]netip.A
 	a6 := <-v6
 	for _, err := range []error{err4, a6.err} {
 		var dnsErr *net.DNSError
-		if err != nil && !(errors.As(err, &dnsErr) && dnsErr.IsNotFound) {
+		var addrErr *net.AddrError
+		if err != nil && !(errors.As(err, &dnsErr) && dnsErr.IsNotFound) && !errors.As(err, &addrErr) {
 			return nil, err
 		}
 	}

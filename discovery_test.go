@@ -326,6 +326,16 @@ func TestDiscoveryFirstLookupSlowerThanInterval(t *testing.T) {
 	echoOnce(t, url)
 }
 
+// A name the hosts file lists with one family only resolves to it: the
+// other family's lookup finds no suitable address, which is not a failure.
+func TestDNSResolverHostsFile(t *testing.T) {
+	t.Parallel()
+	dns := dnstest.New(t)
+	got, err := DNSResolver(dns.Resolver(), "ws://localhost:8080/ws").Resolve(context.Background())
+	require.NoError(t, err)
+	assert.Contains(t, got, "ws://127.0.0.1:8080/ws")
+}
+
 func TestDNSResolverAddressLiteral(t *testing.T) {
 	t.Parallel()
 	for _, target := range []string{"ws://127.0.0.1:8080/ws weight=2", "ws://[::1]:8080/ws"} {
