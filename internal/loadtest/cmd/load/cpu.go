@@ -1,9 +1,6 @@
 package main
 
-import (
-	"syscall"
-	"time"
-)
+import "time"
 
 // usage is the CPU time used over a measured window: the proxy's (-pid),
 // user and system apart, the backend's (-backend-pid) and the load tool's
@@ -36,15 +33,6 @@ func (m meter) stop() usage {
 		backend: ticks{backend.user - m.backend.user, backend.sys - m.backend.sys},
 		self:    selfCPU() - m.self,
 	}
-}
-
-// selfCPU is the user and system time this process used so far.
-func selfCPU() time.Duration {
-	var ru syscall.Rusage
-	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func seconds(t int64) float64 { return float64(t) / clockTick }
