@@ -190,9 +190,9 @@ func (c *Conn) Loop() *Loop { return c.reg.l }
 // events reach h from now on, and the caller owns the socket and closes it
 // with r.Close. The registration is re-armed, so that h hears of the
 // socket's state as it is; an event the loop took before may still reach
-// the Conn, so h must also first assume the socket readable. The Conn is done: its Close
-// does nothing, and its Read and Write fail with net.ErrClosed. No Read or
-// Write may be running.
+// the Conn, so h must also first assume the socket readable. The Conn is
+// done: its Close does nothing, and its Read and Write fail with
+// net.ErrClosed. No Read or Write may be running.
 func (c *Conn) Adopt(r *Reg, h Handler) {
 	c.mu.Lock()
 	c.done = true

@@ -33,10 +33,9 @@ func dialledInLoop(c net.Conn) bool {
 	return ok
 }
 
-// adopt makes s, a zero sock, the sock of a connection from Dial, taking
-// over its registration in its loop (the tunnel's).
-func (s *sock) adopt(tn *Tunnel, c *evloop.Conn, isClient bool) {
-	s.t, s.isClient, s.readable = tn, isClient, true
+// adopt makes s the sock of a connection from Dial, taking over its
+// registration in its loop (the tunnel's).
+func (s *sock) adopt(c *evloop.Conn) {
 	ap := c.RemoteAddrPort()
 	s.peerIP, s.peerPort = ap.Addr().Unmap(), ap.Port()
 	c.Adopt(&s.reg, s)

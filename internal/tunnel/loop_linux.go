@@ -130,15 +130,15 @@ func (tn *Tunnel) moveToLoop() bool {
 // registration of a connection from Dial, which is l's, for the zero sock
 // s. Its handler does nothing but note events until Start.
 func (s *sock) init(tn *Tunnel, l *evloop.Loop, c net.Conn, isClient bool) error {
+	s.t, s.isClient, s.readable = tn, isClient, true
 	if dc, ok := c.(*evloop.Conn); ok {
-		s.adopt(tn, dc, isClient)
+		s.adopt(dc)
 		return nil
 	}
 	fd, err := evloop.DupConn(c.(syscall.Conn))
 	if err != nil {
 		return err
 	}
-	s.t, s.isClient, s.readable = tn, isClient, true
 	if ta, ok := c.RemoteAddr().(*net.TCPAddr); ok {
 		ap := ta.AddrPort()
 		s.peerIP, s.peerPort = ap.Addr().Unmap(), ap.Port()

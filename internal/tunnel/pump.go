@@ -256,7 +256,8 @@ func (p *pump) canSplice() bool {
 // spliceMin is the payload still to pass in the current frame from which
 // the pump lets the kernel move it between two TCP sockets (splice(2) on
 // Linux, through net.TCPConn.ReadFrom, or the loop's own pipes) instead of
-// copying it through a buffer. Below it, the extra system calls cost more than the copy saves.
+// copying it through a buffer. Below it, the extra system calls cost more
+// than the copy saves.
 const spliceMin = 16 << 10
 
 // splice passes the rest of the current frame's payload. It holds no lock:

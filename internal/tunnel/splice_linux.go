@@ -145,7 +145,7 @@ func (s *sock) spliceTo(dst *sock, p *pump) bool {
 	n, rerr := evloop.Splice(s.reg.Fd(), pp.w, int(min(p.frames.Remaining(), spliceMax)))
 	if n == 0 && errors.Is(rerr, syscall.EINVAL) {
 		// A socket the kernel cannot splice from: copy, from now on.
-		pipePool.Put(pp)
+		pp.release()
 		dst.mu.Unlock()
 		p.spliceOK = false
 		return false
@@ -173,6 +173,9 @@ func (s *sock) spliceTo(dst *sock, p *pump) bool {
 		p.spliced(int64(n))
 		s.spliced = p.frames.Remaining() == 0
 	}
+	// Only a splice that moved nothing says the socket is drained: a short
+	// one may have run out of the pipe's slots (one per page fragment), not
+	// of bytes, and no new edge would come for what is left.
 	switch {
 	case werr != nil && werr != evloop.ErrWouldBlock:
 		s.endRead(werr)
